@@ -1,0 +1,185 @@
+//! Server configuration: embedded defaults, overridden by a TOML file, then `CHORUS_*` environment
+//! variables, then command-line flags. `Config::validate` turns what the user wrote into what the
+//! server uses, with a clear error for every value out of bounds.
+
+use crate::session::SessionConfig;
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting, with its default. Field names are the TOML keys; the environment variable is
+/// `CHORUS_` + the name in upper case (e.g. `CHORUS_MAX_FRAME_BYTES`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP and WebSocket address. Default 127.0.0.1:7700.
+    pub listen: SocketAddr,
+    /// QUIC address (UDP). Default 127.0.0.1:7701.
+    pub quic_listen: SocketAddr,
+    /// Where the database, the generated token secret and the generated certificate live.
+    pub data_dir: PathBuf,
+    /// Token signing secret (at least 32 bytes). Default: generated into `<data_dir>/token-secret`.
+    pub secret: Option<String>,
+    /// PEM certificate chain and private key for QUIC. Default: a self-signed certificate
+    /// generated into `<data_dir>/quic-cert.pem` and `quic-key.pem`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Largest frame a client may send, in bytes. Default 64 KiB; 1 KiB to 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Subscriptions one connection may hold. Default 1,024.
+    pub max_subscriptions: usize,
+    /// Concurrent client connections over all transports. Default 100,000.
+    pub max_connections: usize,
+    /// Frames per second a connection may send, sustained. Default 500.
+    pub rate_per_sec: u32,
+    /// Frames a connection may send in a burst above the rate. Default 1,000.
+    pub rate_burst: u32,
+    /// Bytes queued for one connection before it counts as a slow consumer. Default 4 MiB.
+    pub outbox_bytes: usize,
+    /// Interval of server pings, in milliseconds. Default 25,000.
+    pub heartbeat_ms: u64,
+    /// A client silent for this long is disconnected, in milliseconds. Default 60,000.
+    pub client_timeout_ms: u64,
+    /// Time to send `hello` after connecting, in milliseconds. Default 10,000.
+    pub hello_timeout_ms: u64,
+    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap.
+    /// Default 4 KiB.
+    pub ws_read_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".parse().expect("valid address"),
+            quic_listen: "127.0.0.1:7701".parse().expect("valid address"),
+            data_dir: PathBuf::from("./chorus-data"),
+            secret: None,
+            tls_cert: None,
+            tls_key: None,
+            log_format: LogFormat::Text,
+            max_frame_bytes: 64 * 1024,
+            max_subscriptions: 1024,
+            max_connections: 100_000,
+            rate_per_sec: 500,
+            rate_burst: 1000,
+            outbox_bytes: 4 * 1024 * 1024,
+            heartbeat_ms: 25_000,
+            client_timeout_ms: 60_000,
+            hello_timeout_ms: 10_000,
+            ws_read_buffer: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `CHORUS_*` variables, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("CHORUS_"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .context("invalid configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let in_range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{name} = {v} is out of bounds ({lo} to {hi})"))
+            }
+        };
+        in_range("max_frame_bytes", self.max_frame_bytes as u64, 1024, 16 << 20)?;
+        in_range("max_subscriptions", self.max_subscriptions as u64, 1, 1 << 20)?;
+        in_range("max_connections", self.max_connections as u64, 1, 10_000_000)?;
+        in_range("rate_per_sec", self.rate_per_sec.into(), 1, 1_000_000)?;
+        in_range("rate_burst", self.rate_burst.into(), 1, 10_000_000)?;
+        in_range("outbox_bytes", self.outbox_bytes as u64, self.max_frame_bytes as u64, 1 << 30)?;
+        in_range("heartbeat_ms", self.heartbeat_ms, 10, 3_600_000)?;
+        in_range("client_timeout_ms", self.client_timeout_ms, self.heartbeat_ms, 3_600_000)?;
+        in_range("hello_timeout_ms", self.hello_timeout_ms, 10, 600_000)?;
+        in_range("ws_read_buffer", self.ws_read_buffer as u64, 256, 1 << 20)?;
+        if let Some(secret) = &self.secret
+            && secret.len() < crate::auth::MIN_SECRET_LEN
+        {
+            bail!("secret must be at least {} bytes", crate::auth::MIN_SECRET_LEN);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together");
+        }
+        Ok(())
+    }
+
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_subscriptions: self.max_subscriptions,
+            rate_per_sec: self.rate_per_sec,
+            rate_burst: self.rate_burst,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            client_timeout: Duration::from_millis(self.client_timeout_ms),
+            hello_timeout: Duration::from_millis(self.hello_timeout_ms),
+        }
+    }
+
+    /// The config as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.secret.is_some() {
+            shown.secret = Some("<redacted>".into());
+        }
+        toml::to_string(&shown).expect("the config serializes to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chorus.toml");
+        std::fs::write(&file, "max_frame_bytes = 2048\nrate_per_sec = 7\n").unwrap();
+        #[derive(Serialize)]
+        struct Flags {
+            rate_per_sec: u32,
+        }
+        let c = Config::load(Some(&file), Flags { rate_per_sec: 9 }).unwrap();
+        assert_eq!((c.max_frame_bytes, c.rate_per_sec), (2048, 9));
+        assert_eq!(c.listen, Config::default().listen);
+        let printed: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(printed, c);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chorus.toml");
+        for bad in ["max_frame_bytes = 1", "secret = \"short\"", "nonsense = 1", "listen = \"nowhere\""] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(Config::load(Some(&file), ()).is_err(), "{bad}");
+        }
+    }
+}

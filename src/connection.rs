@@ -1,0 +1,271 @@
+//! The transport-independent connection shell: one reader loop driving the `Session` core and one
+//! writer task draining the `Outbox`. WebSocket and QUIC provide a `FrameReader` and a
+//! `FrameWriter`; everything else is shared, so both transports behave the same.
+
+use crate::access::Action;
+use crate::hub::{Batch, CloseReason, Outbox};
+use crate::metrics::{Transport, TransportMetrics};
+use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, encode_server};
+use crate::server::Shared;
+use crate::session::{Output, Session};
+use crate::spaces::ServiceError;
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// How long the writer may take to flush and say goodbye once a connection is closing.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The frame exceeded the transport's size limit.
+    TooLarge(String),
+    /// The transport failed or the peer broke the framing.
+    Broken(String),
+}
+
+/// Incoming frames, one complete frame payload at a time. `None` when the peer closed.
+pub trait FrameReader: Send + 'static {
+    fn next_frame(&mut self) -> impl Future<Output = Option<Result<Bytes, ReadError>>> + Send;
+}
+
+/// Outgoing frames. Implementations write all frames of a batch and flush once.
+pub trait FrameWriter: Send + 'static {
+    /// Write every frame in `frames`, oldest first, leaving it empty.
+    fn write_batch(&mut self, frames: &mut VecDeque<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Send the final `disconnect` frame (already encoded) and close the transport.
+    fn close(self, goodbye: Bytes, code: ErrorCode) -> impl Future<Output = ()> + Send;
+}
+
+/// Held while a connection counts against `max_connections`.
+pub struct Permit {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Permit {
+    /// Take a connection slot, or `None` at the limit.
+    pub fn acquire(shared: &Arc<Shared>) -> Option<Permit> {
+        use std::sync::atomic::Ordering;
+        let limit = shared.config.max_connections;
+        let taken = shared
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok();
+        if !taken {
+            shared.metrics.rejected_connections.inc();
+        }
+        taken.then(|| Permit { shared: shared.clone() })
+    }
+}
+
+/// Run one connection to its end. `preauth` holds claims the transport verified already.
+pub async fn run<R: FrameReader, W: FrameWriter>(
+    shared: Arc<Shared>,
+    transport: Transport,
+    reader: R,
+    writer: W,
+    preauth: Option<crate::access::Claims>,
+    permit: Permit,
+) {
+    let id = shared.next_conn_id();
+    let span = tracing::debug_span!("conn", conn = id, transport = transport.as_str(), user = tracing::field::Empty);
+    async move {
+        let metrics = shared.metrics.transport(transport).clone();
+        metrics.connections.inc();
+        let session = Session::new(
+            id,
+            shared.config.session(),
+            shared.keys.clone(),
+            preauth,
+            std::time::Instant::now(),
+            crate::auth::unix_now(),
+        );
+        let outbox = Arc::new(Outbox::new(id, shared.config.outbox_bytes, shared.metrics.clone()));
+        let writer = tokio::spawn(write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span());
+        tracing::debug!("connected");
+        let mut conn = Conn { shared: shared.clone(), session, outbox: outbox.clone() };
+        conn.read_loop(reader, &metrics).await;
+        for channel in conn.session.subscriptions() {
+            shared.hub.unsubscribe(channel, id);
+        }
+        if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+            tracing::debug!("writer did not finish in time");
+        }
+        metrics.connections.dec();
+        drop(permit);
+        tracing::debug!("closed");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    session: Session,
+    outbox: Arc<Outbox>,
+}
+
+impl Conn {
+    async fn read_loop<R: FrameReader>(&mut self, mut reader: R, metrics: &TransportMetrics) {
+        let shutdown = self.shared.shutdown.clone();
+        let closed = self.outbox.closed_token();
+        loop {
+            let deadline = self.session.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                frame = reader.next_frame() => match frame {
+                    Some(Ok(frame)) => {
+                        metrics.frames_in.inc();
+                        metrics.bytes_in.inc_by(frame.len() as u64);
+                        self.session.handle_frame(&frame, std::time::Instant::now());
+                    }
+                    Some(Err(ReadError::TooLarge(message))) => {
+                        self.session_close(ErrorCode::FrameTooLarge, message);
+                    }
+                    Some(Err(ReadError::Broken(reason))) => {
+                        tracing::debug!(%reason, "transport failed");
+                        self.outbox.close(CloseReason { code: ErrorCode::MalformedFrame, message: reason, reconnect: true, flush: false });
+                        return;
+                    }
+                    None => {
+                        self.outbox.close(CloseReason { code: ErrorCode::Internal, message: "peer closed".into(), reconnect: true, flush: false });
+                        return;
+                    }
+                },
+                _ = sleep_until(deadline) => self.session.handle_timeout(std::time::Instant::now()),
+                _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
+                _ = closed.cancelled() => return,
+            }
+            if self.drain_outputs().await {
+                return;
+            }
+        }
+    }
+
+    fn session_close(&mut self, code: ErrorCode, message: String) {
+        self.outbox.close(CloseReason { code, message, reconnect: false, flush: true });
+    }
+
+    /// Act on everything the session wants; returns true once the connection is closing.
+    async fn drain_outputs(&mut self) -> bool {
+        while let Some(output) = self.session.poll_output() {
+            match output {
+                Output::Send(frame) => self.send(&frame),
+                Output::Execute(request) => {
+                    match self.execute(&request).await {
+                        Ok(result) => self.session.reply(request.id().expect("executed frames are requests"), result),
+                        Err(e) => self.session.fail(&request, e.code, e.message),
+                    }
+                }
+                Output::Close { code, message, reconnect } => {
+                    self.outbox.close(CloseReason { code, message, reconnect, flush: true });
+                    return true;
+                }
+            }
+        }
+        self.outbox.is_closed()
+    }
+
+    fn send(&self, frame: &ServerFrame) {
+        // A full outbox closes itself as a slow consumer; the loop notices and ends.
+        let _ = self.outbox.push(encode_server(frame, self.session.encoding()));
+    }
+
+    async fn execute(&mut self, request: &ClientFrame) -> Result<serde_json::Value, ServiceError> {
+        let claims = self.session.claims().expect("requests run only on ready sessions").clone();
+        let spaces = &self.shared.spaces;
+        Ok(match request {
+            ClientFrame::Subscribe { channel, .. } => {
+                self.shared.authorize_channel(&claims, Action::Subscribe, channel).await?;
+                self.outbox.set_encoding(self.session.encoding());
+                let position = self.shared.hub.subscribe(channel, &self.outbox)
+                    .map_err(|e| ServiceError::new(ErrorCode::AlreadySubscribed, e.to_string()))?;
+                json!({ "channel": channel, "epoch": position.epoch, "offset": position.offset })
+            }
+            ClientFrame::Unsubscribe { channel, .. } => {
+                self.shared.hub.unsubscribe(channel, self.session.id());
+                json!({ "channel": channel })
+            }
+            ClientFrame::Publish { channel, data, .. } => self.shared.publish(&claims, channel, data).await?,
+            ClientFrame::SpaceCreate { space, name, .. } => {
+                value(&spaces.create(&claims, space.clone(), name.clone(), crate::server::unix_ms()).await?)
+            }
+            ClientFrame::SpaceList { .. } => json!({ "spaces": spaces.list(&claims).await? }),
+            ClientFrame::SpaceMembers { space, .. } => {
+                json!({ "space": space, "members": spaces.members(&claims, space).await? })
+            }
+            ClientFrame::SpaceAddMember { space, user, org, role, .. } => {
+                value(&spaces.add_member(&claims, space, user.clone(), org.clone(), *role).await?)
+            }
+            ClientFrame::SpaceRemoveMember { space, user, .. } => {
+                spaces.remove_member(&claims, space, user).await?;
+                json!({ "space": space, "user": user })
+            }
+            ClientFrame::Hello { .. } | ClientFrame::Ping { .. } | ClientFrame::Pong => {
+                unreachable!("the session answers these itself")
+            }
+        })
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop<W: FrameWriter>(mut writer: W, outbox: Arc<Outbox>, metrics: TransportMetrics, shared: Arc<Shared>) {
+    let mut batch = VecDeque::new();
+    let aborted = outbox.aborted_token();
+    loop {
+        match outbox.next_batch(&mut batch).await {
+            Batch::Frames(oldest) => {
+                let frames = batch.len() as u64;
+                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                let written = tokio::select! {
+                    r = writer.write_batch(&mut batch) => r,
+                    // A slow consumer's socket may never drain: stop waiting for it.
+                    _ = aborted.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
+                };
+                batch.clear();
+                if let Err(e) = written {
+                    if aborted.is_cancelled() {
+                        // Closed as a slow consumer mid-write: still try to say why.
+                        continue;
+                    }
+                    tracing::debug!(error = %e, "write failed");
+                    outbox.close(CloseReason { code: ErrorCode::Internal, message: e.to_string(), reconnect: true, flush: false });
+                    return;
+                }
+                metrics.frames_out.inc_by(frames);
+                metrics.bytes_out.inc_by(bytes as u64);
+                shared.metrics.publish_to_write.observe(oldest.elapsed().as_secs_f64());
+            }
+            Batch::Closed(reason) => {
+                if reason.code == ErrorCode::SlowConsumer {
+                    tracing::warn!("disconnecting a slow consumer");
+                }
+                let goodbye = ServerFrame::Disconnect { code: reason.code, message: reason.message, reconnect: reason.reconnect };
+                let goodbye = encode_server(&goodbye, outbox.encoding());
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(goodbye, reason.code)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn value(v: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).expect("results are plain data")
+}

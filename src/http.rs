@@ -1,0 +1,252 @@
+//! HTTP: the WebSocket upgrade at `/ws`, health and metrics, and the JSON API under `/api`
+//! (bearer token). API errors are `{"code": ..., "message": ...}` with a 4xx status for the
+//! caller's mistakes.
+
+use crate::access::Claims;
+use crate::connection::Permit;
+use crate::protocol::ErrorCode;
+use crate::server::Shared;
+use crate::spaces::ServiceError;
+use crate::transport;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/spaces", post(create_space).get(list_spaces))
+        .route("/api/spaces/{space}/members", get(members))
+        .route("/api/spaces/{space}/members/{user}", put(add_member).delete(remove_member))
+        .route("/api/publish", post(publish))
+        .layer(axum::extract::DefaultBodyLimit::max(shared.config.max_frame_bytes))
+        .with_state(shared)
+}
+
+/// Serve HTTP until shutdown. Every accepted socket gets `TCP_NODELAY`: without it, delayed ACKs
+/// add ~40 ms to small writes.
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let shutdown = shared.shutdown.clone();
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// An API error as a response.
+struct ApiError(ServiceError);
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError(ServiceError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status()).expect("valid status codes");
+        (status, Json(json!({ "code": self.0.code, "message": self.0.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The claims of a bearer token, checked before any handler runs.
+struct Authed(Claims);
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn verify(shared: &Shared, token: Option<&str>) -> Result<Claims, ServiceError> {
+    let token = token.ok_or(crate::auth::TokenError::Missing);
+    token
+        .and_then(|t| shared.keys.verify(t, crate::auth::unix_now()))
+        .map_err(|e| ServiceError::new(e.code(), e.to_string()))
+}
+
+impl FromRequestParts<Arc<Shared>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> ApiResult<Self> {
+        Ok(Authed(verify(shared, bearer(&parts.headers))?))
+    }
+}
+
+/// The `token` query parameter, for clients (browsers) that cannot set headers.
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("token=")?;
+        Some(percent_decode(value))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) => match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            (b'+', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Upgrade to WebSocket. A token in the `Authorization` header or the `token` query parameter
+/// is verified here, before the upgrade: a bad one gets a 401 with a JSON error.
+async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+    let headers = request.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
+        return ApiError(ServiceError::new(ErrorCode::InvalidRequest, "expected a WebSocket upgrade (version 13)"))
+            .into_response();
+    };
+    let token = bearer(headers).map(str::to_string).or_else(|| query_token(request.uri()));
+    let preauth = match token {
+        Some(token) => match verify(&shared, Some(&token)) {
+            Ok(claims) => Some(claims),
+            Err(e) => return ApiError(e).into_response(),
+        },
+        None => None,
+    };
+    let Some(permit) = Permit::acquire(&shared) else {
+        return ApiError(ServiceError::new(ErrorCode::TooManyConnections, "the server is at its connection limit"))
+            .into_response();
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let task_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => transport::ws::run(task_shared, upgraded, preauth, permit).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    response
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        shared.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct CreateSpace {
+    #[serde(default)]
+    space: Option<String>,
+    name: String,
+}
+
+async fn create_space(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+    body: Result<Json<CreateSpace>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(body) = body?;
+    let space = shared.spaces.create(&claims, body.space, body.name, crate::server::unix_ms()).await?;
+    Ok((StatusCode::CREATED, Json(json!(space))))
+}
+
+async fn list_spaces(State(shared): State<Arc<Shared>>, Authed(claims): Authed) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "spaces": shared.spaces.list(&claims).await? })))
+}
+
+async fn members(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+    Path(space): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let members = shared.spaces.members(&claims, &space).await?;
+    Ok(Json(json!({ "space": space, "members": members })))
+}
+
+#[derive(Deserialize)]
+struct AddMember {
+    org: String,
+    #[serde(default)]
+    role: Option<crate::access::Role>,
+}
+
+async fn add_member(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+    Path((space, user)): Path<(String, String)>,
+    body: Result<Json<AddMember>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    let member = shared.spaces.add_member(&claims, &space, user, body.org, body.role).await?;
+    Ok(Json(json!(member)))
+}
+
+async fn remove_member(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+    Path((space, user)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    shared.spaces.remove_member(&claims, &space, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Publish {
+    channel: String,
+    data: Value,
+}
+
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+    body: Result<Json<Publish>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    Ok(Json(shared.publish(&claims, &body.channel, &body.data).await?))
+}

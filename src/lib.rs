@@ -1,0 +1,17 @@
+//! Chorus: a real-time communication and collaboration server. See ARCHITECTURE.md for the map.
+
+pub mod access;
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod datadir;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod spaces;
+pub mod store;
+pub mod transport;

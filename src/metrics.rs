@@ -1,0 +1,130 @@
+//! Prometheus metrics. Hot paths hold cloned handles (`Counter` and `Gauge` are atomics behind an
+//! `Arc`), so recording never looks anything up.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Transport {
+    Ws,
+    Quic,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabel {
+    transport: Transport,
+}
+
+/// The counters one transport's connections update.
+#[derive(Clone, Default)]
+pub struct TransportMetrics {
+    pub connections: Gauge,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ws: TransportMetrics,
+    quic: TransportMetrics,
+    pub publishes: Counter,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    pub rejected_connections: Counter,
+    /// Frames queued in all outboxes and not yet written.
+    pub queued_frames: Gauge,
+    /// Time from a frame entering an empty outbox to the write that carried it.
+    pub publish_to_write: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("chorus");
+        let connections = Family::<TransportLabel, Gauge>::default();
+        let counters: [Family<TransportLabel, Counter>; 4] = Default::default();
+        let [frames_in, frames_out, bytes_in, bytes_out] = counters;
+        let per_transport = |t: Transport| TransportMetrics {
+            connections: connections.get_or_create_owned(&TransportLabel { transport: t }),
+            frames_in: frames_in.get_or_create_owned(&TransportLabel { transport: t }),
+            frames_out: frames_out.get_or_create_owned(&TransportLabel { transport: t }),
+            bytes_in: bytes_in.get_or_create_owned(&TransportLabel { transport: t }),
+            bytes_out: bytes_out.get_or_create_owned(&TransportLabel { transport: t }),
+        };
+        let (ws, quic) = (per_transport(Transport::Ws), per_transport(Transport::Quic));
+        registry.register("connections", "Open client connections", connections);
+        registry.register("frames_in", "Frames received from clients", frames_in);
+        registry.register("frames_out", "Frames written to clients", frames_out);
+        registry.register("bytes_in", "Frame payload bytes received", bytes_in);
+        registry.register("bytes_out", "Frame payload bytes written", bytes_out);
+        let metrics = Metrics {
+            ws,
+            quic,
+            publishes: Counter::default(),
+            deliveries: Counter::default(),
+            slow_consumers: Counter::default(),
+            rejected_connections: Counter::default(),
+            queued_frames: Gauge::default(),
+            publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("publishes", "Messages published to channels", metrics.publishes.clone());
+        registry.register("deliveries", "Messages queued to subscribers", metrics.deliveries.clone());
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections closed because their outbound queue overflowed",
+            metrics.slow_consumers.clone(),
+        );
+        registry.register(
+            "rejected_connections",
+            "Connections refused at the connection limit",
+            metrics.rejected_connections.clone(),
+        );
+        registry.register(
+            "outbox_queued_frames",
+            "Frames waiting in outbound queues",
+            metrics.queued_frames.clone(),
+        );
+        registry.register(
+            "publish_to_write_seconds",
+            "Delay from enqueueing a frame to writing it to the socket",
+            metrics.publish_to_write.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    pub fn transport(&self, t: Transport) -> &TransportMetrics {
+        match t {
+            Transport::Ws => &self.ws,
+            Transport::Quic => &self.quic,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,262 @@
+use super::{ClientFrame, ErrorCode, RequestId, ServerFrame};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The two wire encodings. Every frame the server receives may be either (the first byte tells);
+/// frames the server sends use the encoding the client chose in `hello`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Json, Encoding::Msgpack];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Guess the encoding of a frame from its first byte: a JSON object starts with `{` (after
+    /// optional whitespace), a MessagePack map with a fixmap, map16 or map32 marker.
+    pub fn sniff(frame: &[u8]) -> Option<Encoding> {
+        match frame.iter().find(|b| !b" \t\r\n".contains(b))? {
+            b'{' => Some(Encoding::Json),
+            0x80..=0x8f | 0xde | 0xdf => Some(Encoding::Msgpack),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame could not be decoded, with the request id when the frame had a readable one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    pub id: Option<RequestId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Just enough of a frame to say what went wrong with it.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<RequestId>,
+}
+
+const KNOWN_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "pong",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "space.create",
+    "space.list",
+    "space.members",
+    "space.add_member",
+    "space.remove_member",
+];
+
+/// Decode one client frame of at most `max_len` bytes.
+pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, DecodeError> {
+    if frame.len() > max_len {
+        return Err(DecodeError {
+            id: None,
+            code: ErrorCode::FrameTooLarge,
+            message: format!(
+                "frame of {} bytes exceeds the limit of {max_len}",
+                frame.len()
+            ),
+        });
+    }
+    let malformed = |message: String| DecodeError {
+        id: None,
+        code: ErrorCode::MalformedFrame,
+        message,
+    };
+    let encoding = Encoding::sniff(frame)
+        .ok_or_else(|| malformed("a frame is a JSON object or a MessagePack map".into()))?;
+    let parsed = match encoding {
+        Encoding::Json => serde_json::from_slice::<ClientFrame>(frame).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice::<ClientFrame>(frame).map_err(|e| e.to_string()),
+    };
+    let detail = match parsed {
+        Ok(frame) => return Ok(frame),
+        Err(detail) => detail,
+    };
+    let probe = match encoding {
+        Encoding::Json => serde_json::from_slice::<Probe>(frame).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice::<Probe>(frame).map_err(|e| e.to_string()),
+    };
+    let probe = probe.map_err(|e| malformed(format!("not a valid {encoding:?} object: {e}")))?;
+    let (code, message) = match probe.kind.as_deref() {
+        None => (
+            ErrorCode::MalformedFrame,
+            "the frame has no string `type` field".to_string(),
+        ),
+        Some(kind) if !KNOWN_TYPES.contains(&kind) => (
+            ErrorCode::UnknownType,
+            format!("unknown frame type `{kind}`"),
+        ),
+        Some(kind) => (
+            ErrorCode::InvalidRequest,
+            format!("bad `{kind}` frame: {detail}"),
+        ),
+    };
+    Err(DecodeError {
+        id: probe.id,
+        code,
+        message,
+    })
+}
+
+/// Encode one server frame. JSON output is valid UTF-8, so it may be sent as a WebSocket text frame.
+pub fn encode_server(frame: &ServerFrame, encoding: Encoding) -> Bytes {
+    match encoding {
+        Encoding::Json => serde_json::to_vec(frame)
+            .expect("server frames serialize to JSON")
+            .into(),
+        Encoding::Msgpack => rmp_serde::to_vec_named(frame)
+            .expect("server frames serialize to MessagePack")
+            .into(),
+    }
+}
+
+/// A `message` frame borrowing its parts, so the hub encodes a publish without copying it first.
+#[derive(Serialize)]
+struct MessageRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    offset: u64,
+    data: &'a serde_json::Value,
+}
+
+/// Encode the `message` frame for one publish; byte-identical to encoding `ServerFrame::Message`.
+pub fn encode_message(
+    channel: &str,
+    offset: u64,
+    data: &serde_json::Value,
+    encoding: Encoding,
+) -> Bytes {
+    let frame = MessageRef {
+        kind: "message",
+        channel,
+        offset,
+        data,
+    };
+    match encoding {
+        Encoding::Json => serde_json::to_vec(&frame)
+            .expect("messages serialize to JSON")
+            .into(),
+        Encoding::Msgpack => rmp_serde::to_vec_named(&frame)
+            .expect("messages serialize to MessagePack")
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn decode(v: serde_json::Value) -> Result<ClientFrame, DecodeError> {
+        decode_client(&serde_json::to_vec(&v).unwrap(), 1024)
+    }
+
+    #[test]
+    fn decodes_every_encoding_alike() {
+        let v = json!({"type": "publish", "id": 7, "channel": "topic:s/a", "data": {"n": [1, 2]}});
+        let json = decode(v.clone()).unwrap();
+        let msgpack = decode_client(&rmp_serde::to_vec_named(&v).unwrap(), 1024).unwrap();
+        assert_eq!(json, msgpack);
+        assert_eq!(json.id(), Some(7));
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        let err = decode_client(b"hello", 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedFrame);
+        let err = decode_client(b"{not json", 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedFrame);
+        let err = decode(json!({"id": 3})).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::MalformedFrame, Some(3)));
+        let err = decode(json!({"type": "teleport", "id": 4})).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::UnknownType, Some(4)));
+        let err = decode(json!({"type": "subscribe", "id": 5})).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::InvalidRequest, Some(5)));
+        // Unknown fields are ignored, so newer clients keep working with older servers.
+        assert!(decode(json!({"type": "subscribe", "id": 6, "channel": "x", "extra": 1})).is_ok());
+        let err = decode_client(&[b' '; 2048], 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn every_known_type_is_listed() {
+        let frames = [
+            json!({"type": "hello", "id": 1, "version": 1}),
+            json!({"type": "ping", "id": 1}),
+            json!({"type": "pong"}),
+            json!({"type": "subscribe", "id": 1, "channel": "c"}),
+            json!({"type": "unsubscribe", "id": 1, "channel": "c"}),
+            json!({"type": "publish", "id": 1, "channel": "c", "data": null}),
+            json!({"type": "space.create", "id": 1, "name": "n"}),
+            json!({"type": "space.list", "id": 1}),
+            json!({"type": "space.members", "id": 1, "space": "s"}),
+            json!({"type": "space.add_member", "id": 1, "space": "s", "user": "u", "org": "o"}),
+            json!({"type": "space.remove_member", "id": 1, "space": "s", "user": "u"}),
+        ];
+        assert_eq!(frames.len(), KNOWN_TYPES.len());
+        for f in frames {
+            assert!(KNOWN_TYPES.contains(&f["type"].as_str().unwrap()));
+            decode(f.clone()).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip_in_both_encodings() {
+        let frame = ServerFrame::Message {
+            channel: "topic:s/a".into(),
+            offset: 9,
+            data: json!({"text": "hi"}),
+        };
+        let json = encode_server(&frame, Encoding::Json);
+        assert!(std::str::from_utf8(&json).is_ok());
+        assert_eq!(serde_json::from_slice::<ServerFrame>(&json).unwrap(), frame);
+        let data = json!({"text": "hi"});
+        for encoding in Encoding::ALL {
+            let borrowed = encode_message("topic:s/a", 9, &data, encoding);
+            assert_eq!(borrowed, encode_server(&frame, encoding));
+        }
+        let mp = encode_server(&frame, Encoding::Msgpack);
+        assert_eq!(Encoding::sniff(&mp), Some(Encoding::Msgpack));
+        assert_eq!(rmp_serde::from_slice::<ServerFrame>(&mp).unwrap(), frame);
+    }
+
+    proptest! {
+        /// Any bytes at all decode to a frame or a clean error, never a panic, and never past the limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_client(&bytes, 256);
+        }
+
+        #[test]
+        fn publish_round_trips(channel in "[a-z:/]{1,40}", n in any::<i64>(), s in ".{0,40}") {
+            let v = json!({"type": "publish", "id": 1, "channel": channel, "data": {"n": n, "s": s}});
+            for bytes in [serde_json::to_vec(&v).unwrap(), rmp_serde::to_vec_named(&v).unwrap()] {
+                match decode_client(&bytes, 4096).unwrap() {
+                    ClientFrame::Publish { channel: c, data, .. } => {
+                        prop_assert_eq!(&c, &channel);
+                        prop_assert_eq!(&data["s"], &json!(s));
+                    }
+                    other => prop_assert!(false, "decoded {:?}", other),
+                }
+            }
+        }
+    }
+}

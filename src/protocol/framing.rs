@@ -1,0 +1,1 @@
+//! Length-prefixed framing for stream transports (placeholder until written).

@@ -1,0 +1,160 @@
+//! Session protocol v1: the frames a client and the server exchange, their two encodings, and the
+//! stable error codes. Sans-IO: bytes in, typed frames out, and back. `docs/protocol.md` is the
+//! contract this module implements.
+
+mod codec;
+mod error;
+pub mod framing;
+
+pub use codec::{DecodeError, Encoding, decode_client, encode_message, encode_server};
+pub use error::ErrorCode;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this server speaks. A `hello` with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request id chosen by the client and echoed in the reply.
+pub type RequestId = u64;
+
+/// A position in a channel's stream. Offsets start at 1 for the first message of an epoch; an
+/// epoch changes when a channel's stream restarts (and offsets with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// Every frame a client may send.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame of every connection: version, wanted encoding for server frames, and the
+    /// access token unless the transport already carried one.
+    Hello {
+        id: RequestId,
+        version: u32,
+        #[serde(default)]
+        encoding: Encoding,
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        client: Option<String>,
+    },
+    /// Client-initiated liveness check; answered with a reply.
+    Ping {
+        id: RequestId,
+    },
+    /// Answer to a server `ping`.
+    Pong,
+    Subscribe {
+        id: RequestId,
+        channel: String,
+    },
+    Unsubscribe {
+        id: RequestId,
+        channel: String,
+    },
+    Publish {
+        id: RequestId,
+        channel: String,
+        data: Value,
+    },
+    #[serde(rename = "space.create")]
+    SpaceCreate {
+        id: RequestId,
+        #[serde(default)]
+        space: Option<String>,
+        name: String,
+    },
+    #[serde(rename = "space.list")]
+    SpaceList {
+        id: RequestId,
+    },
+    #[serde(rename = "space.members")]
+    SpaceMembers {
+        id: RequestId,
+        space: String,
+    },
+    #[serde(rename = "space.add_member")]
+    SpaceAddMember {
+        id: RequestId,
+        space: String,
+        user: String,
+        org: String,
+        #[serde(default)]
+        role: Option<crate::access::Role>,
+    },
+    #[serde(rename = "space.remove_member")]
+    SpaceRemoveMember {
+        id: RequestId,
+        space: String,
+        user: String,
+    },
+}
+
+impl ClientFrame {
+    /// The request id, for frames that are requests.
+    pub fn id(&self) -> Option<RequestId> {
+        match self {
+            ClientFrame::Pong => None,
+            ClientFrame::Hello { id, .. }
+            | ClientFrame::Ping { id }
+            | ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::SpaceCreate { id, .. }
+            | ClientFrame::SpaceList { id }
+            | ClientFrame::SpaceMembers { id, .. }
+            | ClientFrame::SpaceAddMember { id, .. }
+            | ClientFrame::SpaceRemoveMember { id, .. } => Some(*id),
+        }
+    }
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The successful answer to the request with the same id.
+    Reply { id: RequestId, result: Value },
+    /// The failed answer to the request with the same id, or (without id) a connection-level error.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A message published on a subscribed channel.
+    Message {
+        channel: String,
+        offset: u64,
+        data: Value,
+    },
+    /// Server heartbeat; the client answers `pong`.
+    Ping,
+    /// The server is closing the connection; `reconnect` says whether retrying makes sense.
+    Disconnect {
+        code: ErrorCode,
+        message: String,
+        reconnect: bool,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn reply(id: RequestId, result: impl Serialize) -> Self {
+        ServerFrame::Reply {
+            id,
+            result: serde_json::to_value(result).expect("reply results are plain data"),
+        }
+    }
+}

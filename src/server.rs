@@ -1,0 +1,148 @@
+//! The server: shared state, listeners, and `serve`, which runs until its shutdown token fires.
+//! `serve` takes listeners that are already bound, so tests run real servers on port 0.
+
+use crate::access::{Action, Claims};
+use crate::auth::TokenKeys;
+use crate::channel::ChannelRef;
+use crate::protocol::ErrorCode;
+use crate::spaces::ServiceError;
+use serde_json::{Value, json};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::spaces::Spaces;
+use crate::store::{SqliteStore, Store};
+use crate::{datadir, http, transport};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State every connection and request handler shares.
+pub struct Shared {
+    pub config: Config,
+    pub keys: Arc<TokenKeys>,
+    pub hub: Hub,
+    pub spaces: Spaces,
+    pub metrics: Arc<Metrics>,
+    /// Fires when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Open connections over all transports.
+    pub connections: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Check that `claims` may do `action` on `channel`.
+    pub async fn authorize_channel(&self, claims: &Claims, action: Action<'_>, channel: &str) -> Result<(), ServiceError> {
+        let channel = ChannelRef::parse(channel).map_err(|m| ServiceError::new(ErrorCode::BadChannel, m))?;
+        self.spaces.check(claims, action, channel.space()).await.map(drop)
+    }
+
+    /// Publish `data` on `channel` for `claims`; the result is the reply body.
+    pub async fn publish(&self, claims: &Claims, channel: &str, data: &Value) -> Result<Value, ServiceError> {
+        self.authorize_channel(claims, Action::Publish, channel).await?;
+        let published = self.hub.publish(channel, data);
+        Ok(json!({
+            "channel": channel,
+            "epoch": published.position.epoch,
+            "offset": published.position.offset,
+            "delivered": published.delivered,
+        }))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64
+}
+
+/// Sockets bound before serving.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub quic: quinn::Endpoint,
+}
+
+impl Listeners {
+    /// Bind the configured addresses (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let http = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let quic = transport::quic::endpoint(config)?;
+        Ok(Listeners { http, quic })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic.local_addr().expect("a bound endpoint has an address")
+    }
+}
+
+/// Build the shared state from the config: open the store, load the token secret.
+pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
+    datadir::ensure(&config)?;
+    let keys = Arc::new(TokenKeys::new(&datadir::token_secret(&config)?));
+    let db = config.data_dir.join(datadir::DB_FILE);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let metrics = Arc::new(Metrics::new());
+    Ok(Arc::new(Shared {
+        hub: Hub::new(metrics.clone()),
+        spaces: Spaces::new(store),
+        keys,
+        metrics,
+        config,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        connections: AtomicUsize::new(0),
+        next_conn: AtomicU64::new(1),
+    }))
+}
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve until `shared.shutdown` fires; then stop accepting, tell every client why, let their
+/// queues flush, and return.
+pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<()> {
+    let sweeper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => shared.hub.sweep(Duration::from_secs(60)),
+                    _ = shared.shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+    let quic = tokio::spawn(transport::quic::accept_loop(shared.clone(), listeners.quic.clone()));
+    http::serve(shared.clone(), listeners.http).await?;
+    // Accepting has stopped; every session saw the shutdown token and is saying goodbye.
+    shared.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await.is_err() {
+        tracing::warn!("some connections did not close in time");
+    }
+    listeners.quic.close(0u32.into(), b"server shutdown");
+    let _ = quic.await;
+    let _ = sweeper.await;
+    listeners.quic.wait_idle().await;
+    Ok(())
+}
