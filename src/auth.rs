@@ -111,8 +111,14 @@ mod tests {
     fn wrong_secret_and_garbage_are_invalid() {
         let token = TokenKeys::new(&[7; 32]).issue(&claims(1_000));
         let other = TokenKeys::new(&[8; 32]);
-        assert!(matches!(other.verify(&token, 0), Err(TokenError::Invalid(_))));
-        assert!(matches!(other.verify("not.a.jwt", 0), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            other.verify(&token, 0),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            other.verify("not.a.jwt", 0),
+            Err(TokenError::Invalid(_))
+        ));
         let mut tampered = token.clone();
         tampered.insert(token.find('.').unwrap() + 3, 'x');
         assert!(TokenKeys::new(&[7; 32]).verify(&tampered, 0).is_err());
@@ -125,7 +131,12 @@ mod tests {
         c.grants = vec![];
         let mut json = serde_json::to_value(&c).unwrap();
         json["grants"] = serde_json::json!(["subscribe", "teleport"]);
-        let token = jsonwebtoken::encode(&Header::default(), &json, &EncodingKey::from_secret(&[1; 32])).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &json,
+            &EncodingKey::from_secret(&[1; 32]),
+        )
+        .unwrap();
         let got = keys.verify(&token, 0).unwrap();
         assert_eq!(got.grants, vec![Grant::Subscribe, Grant::Unknown]);
     }

@@ -48,7 +48,8 @@ impl<'a> ChannelRef<'a> {
 /// Ids of spaces (and later rooms and documents): 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn is_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[cfg(test)]
@@ -59,10 +60,22 @@ mod tests {
     fn parses_topics() {
         assert_eq!(
             ChannelRef::parse("topic:acme-eng/deploys/prod"),
-            Ok(ChannelRef::Topic { space: "acme-eng", topic: "deploys/prod" })
+            Ok(ChannelRef::Topic {
+                space: "acme-eng",
+                topic: "deploys/prod"
+            })
         );
         assert_eq!(ChannelRef::parse("topic:s/x").unwrap().space(), "s");
-        for bad in ["topic:", "topic:s", "topic:s/", "topic:/x", "topic:s p/x", "room", "weird:x", "topic:s/a b"] {
+        for bad in [
+            "topic:",
+            "topic:s",
+            "topic:s/",
+            "topic:/x",
+            "topic:s p/x",
+            "room",
+            "weird:x",
+            "topic:s/a b",
+        ] {
             assert!(ChannelRef::parse(bad).is_err(), "{bad}");
         }
         assert!(ChannelRef::parse(&format!("topic:s/{}", "x".repeat(300))).is_err());

@@ -107,23 +107,53 @@ impl Config {
             if (lo..=hi).contains(&v) {
                 Ok(())
             } else {
-                Err(anyhow::anyhow!("{name} = {v} is out of bounds ({lo} to {hi})"))
+                Err(anyhow::anyhow!(
+                    "{name} = {v} is out of bounds ({lo} to {hi})"
+                ))
             }
         };
-        in_range("max_frame_bytes", self.max_frame_bytes as u64, 1024, 16 << 20)?;
-        in_range("max_subscriptions", self.max_subscriptions as u64, 1, 1 << 20)?;
-        in_range("max_connections", self.max_connections as u64, 1, 10_000_000)?;
+        in_range(
+            "max_frame_bytes",
+            self.max_frame_bytes as u64,
+            1024,
+            16 << 20,
+        )?;
+        in_range(
+            "max_subscriptions",
+            self.max_subscriptions as u64,
+            1,
+            1 << 20,
+        )?;
+        in_range(
+            "max_connections",
+            self.max_connections as u64,
+            1,
+            10_000_000,
+        )?;
         in_range("rate_per_sec", self.rate_per_sec.into(), 1, 1_000_000)?;
         in_range("rate_burst", self.rate_burst.into(), 1, 10_000_000)?;
-        in_range("outbox_bytes", self.outbox_bytes as u64, self.max_frame_bytes as u64, 1 << 30)?;
+        in_range(
+            "outbox_bytes",
+            self.outbox_bytes as u64,
+            self.max_frame_bytes as u64,
+            1 << 30,
+        )?;
         in_range("heartbeat_ms", self.heartbeat_ms, 10, 3_600_000)?;
-        in_range("client_timeout_ms", self.client_timeout_ms, self.heartbeat_ms, 3_600_000)?;
+        in_range(
+            "client_timeout_ms",
+            self.client_timeout_ms,
+            self.heartbeat_ms,
+            3_600_000,
+        )?;
         in_range("hello_timeout_ms", self.hello_timeout_ms, 10, 600_000)?;
         in_range("ws_read_buffer", self.ws_read_buffer as u64, 256, 1 << 20)?;
         if let Some(secret) = &self.secret
             && secret.len() < crate::auth::MIN_SECRET_LEN
         {
-            bail!("secret must be at least {} bytes", crate::auth::MIN_SECRET_LEN);
+            bail!(
+                "secret must be at least {} bytes",
+                crate::auth::MIN_SECRET_LEN
+            );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together");
@@ -177,7 +207,12 @@ mod tests {
     fn rejects_bad_values() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("chorus.toml");
-        for bad in ["max_frame_bytes = 1", "secret = \"short\"", "nonsense = 1", "listen = \"nowhere\""] {
+        for bad in [
+            "max_frame_bytes = 1",
+            "secret = \"short\"",
+            "nonsense = 1",
+            "listen = \"nowhere\"",
+        ] {
             std::fs::write(&file, bad).unwrap();
             assert!(Config::load(Some(&file), ()).is_err(), "{bad}");
         }

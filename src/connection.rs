@@ -38,9 +38,13 @@ pub trait FrameReader: Send + 'static {
 /// Outgoing frames. Implementations write all frames of a batch and flush once.
 pub trait FrameWriter: Send + 'static {
     /// Write every frame in `frames`, oldest first, leaving it empty.
-    fn write_batch(&mut self, frames: &mut VecDeque<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Send the final `disconnect` frame (already encoded) and close the transport.
-    fn close(self, goodbye: Bytes, code: ErrorCode) -> impl Future<Output = ()> + Send;
+    fn write_batch(
+        &mut self,
+        frames: &mut VecDeque<Bytes>,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Send the final `disconnect` frame (already encoded; `None` when the peer is gone) and
+    /// close the transport.
+    fn close(self, goodbye: Option<Bytes>, code: ErrorCode) -> impl Future<Output = ()> + Send;
 }
 
 /// Held while a connection counts against `max_connections`.
@@ -50,7 +54,9 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -61,12 +67,16 @@ impl Permit {
         let limit = shared.config.max_connections;
         let taken = shared
             .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok();
         if !taken {
             shared.metrics.rejected_connections.inc();
         }
-        taken.then(|| Permit { shared: shared.clone() })
+        taken.then(|| Permit {
+            shared: shared.clone(),
+        })
     }
 }
 
@@ -80,7 +90,12 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
     permit: Permit,
 ) {
     let id = shared.next_conn_id();
-    let span = tracing::debug_span!("conn", conn = id, transport = transport.as_str(), user = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "conn",
+        conn = id,
+        transport = transport.as_str(),
+        user = tracing::field::Empty
+    );
     async move {
         let metrics = shared.metrics.transport(transport).clone();
         metrics.connections.inc();
@@ -92,10 +107,20 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             std::time::Instant::now(),
             crate::auth::unix_now(),
         );
-        let outbox = Arc::new(Outbox::new(id, shared.config.outbox_bytes, shared.metrics.clone()));
-        let writer = tokio::spawn(write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span());
+        let outbox = Arc::new(Outbox::new(
+            id,
+            shared.config.outbox_bytes,
+            shared.metrics.clone(),
+        ));
+        let writer = tokio::spawn(
+            write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span(),
+        );
         tracing::debug!("connected");
-        let mut conn = Conn { shared: shared.clone(), session, outbox: outbox.clone() };
+        let mut conn = Conn {
+            shared: shared.clone(),
+            session,
+            outbox: outbox.clone(),
+        };
         conn.read_loop(reader, &metrics).await;
         for channel in conn.session.subscriptions() {
             shared.hub.unsubscribe(channel, id);
@@ -129,17 +154,20 @@ impl Conn {
                         metrics.frames_in.inc();
                         metrics.bytes_in.inc_by(frame.len() as u64);
                         self.session.handle_frame(&frame, std::time::Instant::now());
+                        // `hello` may have chosen the encoding; later frames, the goodbye
+                        // included, use it.
+                        self.outbox.set_encoding(self.session.encoding());
                     }
                     Some(Err(ReadError::TooLarge(message))) => {
                         self.session_close(ErrorCode::FrameTooLarge, message);
                     }
                     Some(Err(ReadError::Broken(reason))) => {
                         tracing::debug!(%reason, "transport failed");
-                        self.outbox.close(CloseReason { code: ErrorCode::MalformedFrame, message: reason, reconnect: true, flush: false });
+                        self.outbox.close(CloseReason::abort(ErrorCode::MalformedFrame, reason, false));
                         return;
                     }
                     None => {
-                        self.outbox.close(CloseReason { code: ErrorCode::Internal, message: "peer closed".into(), reconnect: true, flush: false });
+                        self.outbox.close(CloseReason::gone("the client closed the connection"));
                         return;
                     }
                 },
@@ -154,7 +182,8 @@ impl Conn {
     }
 
     fn session_close(&mut self, code: ErrorCode, message: String) {
-        self.outbox.close(CloseReason { code, message, reconnect: false, flush: true });
+        self.outbox
+            .close(CloseReason::graceful(code, message, false));
     }
 
     /// Act on everything the session wants; returns true once the connection is closing.
@@ -162,14 +191,19 @@ impl Conn {
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Send(frame) => self.send(&frame),
-                Output::Execute(request) => {
-                    match self.execute(&request).await {
-                        Ok(result) => self.session.reply(request.id().expect("executed frames are requests"), result),
-                        Err(e) => self.session.fail(&request, e.code, e.message),
-                    }
-                }
-                Output::Close { code, message, reconnect } => {
-                    self.outbox.close(CloseReason { code, message, reconnect, flush: true });
+                Output::Execute(request) => match self.execute(&request).await {
+                    Ok(result) => self
+                        .session
+                        .reply(request.id().expect("executed frames are requests"), result),
+                    Err(e) => self.session.fail(&request, e.code, e.message),
+                },
+                Output::Close {
+                    code,
+                    message,
+                    reconnect,
+                } => {
+                    self.outbox
+                        .close(CloseReason::graceful(code, message, reconnect));
                     return true;
                 }
             }
@@ -179,17 +213,27 @@ impl Conn {
 
     fn send(&self, frame: &ServerFrame) {
         // A full outbox closes itself as a slow consumer; the loop notices and ends.
-        let _ = self.outbox.push(encode_server(frame, self.session.encoding()));
+        let _ = self
+            .outbox
+            .push(encode_server(frame, self.session.encoding()));
     }
 
     async fn execute(&mut self, request: &ClientFrame) -> Result<serde_json::Value, ServiceError> {
-        let claims = self.session.claims().expect("requests run only on ready sessions").clone();
+        let claims = self
+            .session
+            .claims()
+            .expect("requests run only on ready sessions")
+            .clone();
         let spaces = &self.shared.spaces;
         Ok(match request {
             ClientFrame::Subscribe { channel, .. } => {
-                self.shared.authorize_channel(&claims, Action::Subscribe, channel).await?;
-                self.outbox.set_encoding(self.session.encoding());
-                let position = self.shared.hub.subscribe(channel, &self.outbox)
+                self.shared
+                    .authorize_channel(&claims, Action::Subscribe, channel)
+                    .await?;
+                let position = self
+                    .shared
+                    .hub
+                    .subscribe(channel, &self.outbox)
                     .map_err(|e| ServiceError::new(ErrorCode::AlreadySubscribed, e.to_string()))?;
                 json!({ "channel": channel, "epoch": position.epoch, "offset": position.offset })
             }
@@ -197,17 +241,34 @@ impl Conn {
                 self.shared.hub.unsubscribe(channel, self.session.id());
                 json!({ "channel": channel })
             }
-            ClientFrame::Publish { channel, data, .. } => self.shared.publish(&claims, channel, data).await?,
-            ClientFrame::SpaceCreate { space, name, .. } => {
-                value(&spaces.create(&claims, space.clone(), name.clone(), crate::server::unix_ms()).await?)
+            ClientFrame::Publish { channel, data, .. } => {
+                self.shared.publish(&claims, channel, data).await?
             }
+            ClientFrame::SpaceCreate { space, name, .. } => value(
+                &spaces
+                    .create(
+                        &claims,
+                        space.clone(),
+                        name.clone(),
+                        crate::server::unix_ms(),
+                    )
+                    .await?,
+            ),
             ClientFrame::SpaceList { .. } => json!({ "spaces": spaces.list(&claims).await? }),
             ClientFrame::SpaceMembers { space, .. } => {
                 json!({ "space": space, "members": spaces.members(&claims, space).await? })
             }
-            ClientFrame::SpaceAddMember { space, user, org, role, .. } => {
-                value(&spaces.add_member(&claims, space, user.clone(), org.clone(), *role).await?)
-            }
+            ClientFrame::SpaceAddMember {
+                space,
+                user,
+                org,
+                role,
+                ..
+            } => value(
+                &spaces
+                    .add_member(&claims, space, user.clone(), org.clone(), *role)
+                    .await?,
+            ),
             ClientFrame::SpaceRemoveMember { space, user, .. } => {
                 spaces.remove_member(&claims, space, user).await?;
                 json!({ "space": space, "user": user })
@@ -226,7 +287,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop<W: FrameWriter>(mut writer: W, outbox: Arc<Outbox>, metrics: TransportMetrics, shared: Arc<Shared>) {
+async fn write_loop<W: FrameWriter>(
+    mut writer: W,
+    outbox: Arc<Outbox>,
+    metrics: TransportMetrics,
+    shared: Arc<Shared>,
+) {
     let mut batch = VecDeque::new();
     let aborted = outbox.aborted_token();
     loop {
@@ -246,19 +312,28 @@ async fn write_loop<W: FrameWriter>(mut writer: W, outbox: Arc<Outbox>, metrics:
                         continue;
                     }
                     tracing::debug!(error = %e, "write failed");
-                    outbox.close(CloseReason { code: ErrorCode::Internal, message: e.to_string(), reconnect: true, flush: false });
+                    outbox.close(CloseReason::gone(e.to_string()));
                     return;
                 }
                 metrics.frames_out.inc_by(frames);
                 metrics.bytes_out.inc_by(bytes as u64);
-                shared.metrics.publish_to_write.observe(oldest.elapsed().as_secs_f64());
+                shared
+                    .metrics
+                    .publish_to_write
+                    .observe(oldest.elapsed().as_secs_f64());
             }
             Batch::Closed(reason) => {
                 if reason.code == ErrorCode::SlowConsumer {
                     tracing::warn!("disconnecting a slow consumer");
                 }
-                let goodbye = ServerFrame::Disconnect { code: reason.code, message: reason.message, reconnect: reason.reconnect };
-                let goodbye = encode_server(&goodbye, outbox.encoding());
+                let goodbye = reason.goodbye.then(|| {
+                    let frame = ServerFrame::Disconnect {
+                        code: reason.code,
+                        message: reason.message,
+                        reconnect: reason.reconnect,
+                    };
+                    encode_server(&frame, outbox.encoding())
+                });
                 let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(goodbye, reason.code)).await;
                 return;
             }

@@ -27,7 +27,9 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -50,7 +52,11 @@ pub fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     let secret = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let secret = secret.trim_ascii().to_vec();
     if secret.len() < crate::auth::MIN_SECRET_LEN {
-        bail!("{} holds fewer than {} bytes", path.display(), crate::auth::MIN_SECRET_LEN);
+        bail!(
+            "{} holds fewer than {} bytes",
+            path.display(),
+            crate::auth::MIN_SECRET_LEN
+        );
     }
     Ok(secret)
 }
@@ -62,10 +68,18 @@ pub fn tls_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
         return Ok((cert.clone(), key.clone()));
     }
     ensure(config)?;
-    let (cert, key) = (config.data_dir.join(CERT_FILE), config.data_dir.join(KEY_FILE));
+    let (cert, key) = (
+        config.data_dir.join(CERT_FILE),
+        config.data_dir.join(KEY_FILE),
+    );
     if !cert.exists() || !key.exists() {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-        let generated = rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let generated =
+            rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
         write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
         write_private(&cert, generated.cert.pem().as_bytes())?;
         tracing::info!(path = %cert.display(), "generated a self-signed QUIC certificate");
@@ -85,5 +99,6 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).with_context(|| format!("no private key in {}", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .with_context(|| format!("no private key in {}", path.display()))
 }

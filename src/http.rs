@@ -27,9 +27,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/spaces", post(create_space).get(list_spaces))
         .route("/api/spaces/{space}/members", get(members))
-        .route("/api/spaces/{space}/members/{user}", put(add_member).delete(remove_member))
+        .route(
+            "/api/spaces/{space}/members/{user}",
+            put(add_member).delete(remove_member),
+        )
         .route("/api/publish", post(publish))
-        .layer(axum::extract::DefaultBodyLimit::max(shared.config.max_frame_bytes))
+        .fallback(|| async { ApiError(ServiceError::new(ErrorCode::NotFound, "no such route")) })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            shared.config.max_frame_bytes,
+        ))
         .with_state(shared)
 }
 
@@ -58,14 +64,23 @@ impl From<ServiceError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError(ServiceError::new(ErrorCode::InvalidRequest, e.body_text()))
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::FrameTooLarge
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        ApiError(ServiceError::new(code, e.body_text()))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status()).expect("valid status codes");
-        (status, Json(json!({ "code": self.0.code, "message": self.0.message }))).into_response()
+        (
+            status,
+            Json(json!({ "code": self.0.code, "message": self.0.message })),
+        )
+            .into_response()
     }
 }
 
@@ -113,14 +128,16 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
+            (b'%', Some(hex)) => {
+                match u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
                 }
-                Err(_) => out.push(b'%'),
-            },
+            }
             (b'+', _) => out.push(b' '),
             (b, _) => out.push(b),
         }
@@ -138,12 +155,19 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
     let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
-        return ApiError(ServiceError::new(ErrorCode::InvalidRequest, "expected a WebSocket upgrade (version 13)"))
-            .into_response();
+        return ApiError(ServiceError::new(
+            ErrorCode::InvalidRequest,
+            "expected a WebSocket upgrade (version 13)",
+        ))
+        .into_response();
     };
-    let token = bearer(headers).map(str::to_string).or_else(|| query_token(request.uri()));
+    let token = bearer(headers)
+        .map(str::to_string)
+        .or_else(|| query_token(request.uri()));
     let preauth = match token {
         Some(token) => match verify(&shared, Some(&token)) {
             Ok(claims) => Some(claims),
@@ -152,8 +176,11 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
         None => None,
     };
     let Some(permit) = Permit::acquire(&shared) else {
-        return ApiError(ServiceError::new(ErrorCode::TooManyConnections, "the server is at its connection limit"))
-            .into_response();
+        return ApiError(ServiceError::new(
+            ErrorCode::TooManyConnections,
+            "the server is at its connection limit",
+        ))
+        .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let task_shared = shared.clone();
@@ -168,13 +195,19 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let accept = derive_accept_key(key.as_bytes());
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
     response
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
 }
@@ -192,12 +225,20 @@ async fn create_space(
     body: Result<Json<CreateSpace>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let Json(body) = body?;
-    let space = shared.spaces.create(&claims, body.space, body.name, crate::server::unix_ms()).await?;
+    let space = shared
+        .spaces
+        .create(&claims, body.space, body.name, crate::server::unix_ms())
+        .await?;
     Ok((StatusCode::CREATED, Json(json!(space))))
 }
 
-async fn list_spaces(State(shared): State<Arc<Shared>>, Authed(claims): Authed) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "spaces": shared.spaces.list(&claims).await? })))
+async fn list_spaces(
+    State(shared): State<Arc<Shared>>,
+    Authed(claims): Authed,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "spaces": shared.spaces.list(&claims).await? }),
+    ))
 }
 
 async fn members(
@@ -223,7 +264,10 @@ async fn add_member(
     body: Result<Json<AddMember>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    let member = shared.spaces.add_member(&claims, &space, user, body.org, body.role).await?;
+    let member = shared
+        .spaces
+        .add_member(&claims, &space, user, body.org, body.role)
+        .await?;
     Ok(Json(json!(member)))
 }
 
@@ -248,5 +292,7 @@ async fn publish(
     body: Result<Json<Publish>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    Ok(Json(shared.publish(&claims, &body.channel, &body.data).await?))
+    Ok(Json(
+        shared.publish(&claims, &body.channel, &body.data).await?,
+    ))
 }

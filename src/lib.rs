@@ -3,6 +3,7 @@
 pub mod access;
 pub mod auth;
 pub mod channel;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod datadir;

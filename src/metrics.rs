@@ -1,14 +1,14 @@
 //! Prometheus metrics. Hot paths hold cloned handles (`Counter` and `Gauge` are atomics behind an
 //! `Arc`), so recording never looks anything up.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     Ws,
     Quic,
@@ -25,7 +25,7 @@ impl Transport {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransportLabel {
-    transport: Transport,
+    transport: &'static str,
 }
 
 /// The counters one transport's connections update.
@@ -65,11 +65,21 @@ impl Metrics {
         let counters: [Family<TransportLabel, Counter>; 4] = Default::default();
         let [frames_in, frames_out, bytes_in, bytes_out] = counters;
         let per_transport = |t: Transport| TransportMetrics {
-            connections: connections.get_or_create_owned(&TransportLabel { transport: t }),
-            frames_in: frames_in.get_or_create_owned(&TransportLabel { transport: t }),
-            frames_out: frames_out.get_or_create_owned(&TransportLabel { transport: t }),
-            bytes_in: bytes_in.get_or_create_owned(&TransportLabel { transport: t }),
-            bytes_out: bytes_out.get_or_create_owned(&TransportLabel { transport: t }),
+            connections: connections.get_or_create_owned(&TransportLabel {
+                transport: t.as_str(),
+            }),
+            frames_in: frames_in.get_or_create_owned(&TransportLabel {
+                transport: t.as_str(),
+            }),
+            frames_out: frames_out.get_or_create_owned(&TransportLabel {
+                transport: t.as_str(),
+            }),
+            bytes_in: bytes_in.get_or_create_owned(&TransportLabel {
+                transport: t.as_str(),
+            }),
+            bytes_out: bytes_out.get_or_create_owned(&TransportLabel {
+                transport: t.as_str(),
+            }),
         };
         let (ws, quic) = (per_transport(Transport::Ws), per_transport(Transport::Quic));
         registry.register("connections", "Open client connections", connections);
@@ -88,8 +98,16 @@ impl Metrics {
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             registry: Registry::default(),
         };
-        registry.register("publishes", "Messages published to channels", metrics.publishes.clone());
-        registry.register("deliveries", "Messages queued to subscribers", metrics.deliveries.clone());
+        registry.register(
+            "publishes",
+            "Messages published to channels",
+            metrics.publishes.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Messages queued to subscribers",
+            metrics.deliveries.clone(),
+        );
         registry.register(
             "slow_consumer_disconnects",
             "Connections closed because their outbound queue overflowed",
@@ -110,7 +128,10 @@ impl Metrics {
             "Delay from enqueueing a frame to writing it to the socket",
             metrics.publish_to_write.clone(),
         );
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     pub fn transport(&self, t: Transport) -> &TransportMetrics {

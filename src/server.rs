@@ -4,16 +4,16 @@
 use crate::access::{Action, Claims};
 use crate::auth::TokenKeys;
 use crate::channel::ChannelRef;
-use crate::protocol::ErrorCode;
-use crate::spaces::ServiceError;
-use serde_json::{Value, json};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
+use crate::spaces::ServiceError;
 use crate::spaces::Spaces;
 use crate::store::{SqliteStore, Store};
 use crate::{datadir, http, transport};
 use anyhow::Context;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,14 +43,29 @@ impl Shared {
     }
 
     /// Check that `claims` may do `action` on `channel`.
-    pub async fn authorize_channel(&self, claims: &Claims, action: Action<'_>, channel: &str) -> Result<(), ServiceError> {
-        let channel = ChannelRef::parse(channel).map_err(|m| ServiceError::new(ErrorCode::BadChannel, m))?;
-        self.spaces.check(claims, action, channel.space()).await.map(drop)
+    pub async fn authorize_channel(
+        &self,
+        claims: &Claims,
+        action: Action<'_>,
+        channel: &str,
+    ) -> Result<(), ServiceError> {
+        let channel =
+            ChannelRef::parse(channel).map_err(|m| ServiceError::new(ErrorCode::BadChannel, m))?;
+        self.spaces
+            .check(claims, action, channel.space())
+            .await
+            .map(drop)
     }
 
     /// Publish `data` on `channel` for `claims`; the result is the reply body.
-    pub async fn publish(&self, claims: &Claims, channel: &str, data: &Value) -> Result<Value, ServiceError> {
-        self.authorize_channel(claims, Action::Publish, channel).await?;
+    pub async fn publish(
+        &self,
+        claims: &Claims,
+        channel: &str,
+        data: &Value,
+    ) -> Result<Value, ServiceError> {
+        self.authorize_channel(claims, Action::Publish, channel)
+            .await?;
         let published = self.hub.publish(channel, data);
         Ok(json!({
             "channel": channel,
@@ -86,11 +101,15 @@ impl Listeners {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn quic_addr(&self) -> SocketAddr {
-        self.quic.local_addr().expect("a bound endpoint has an address")
+        self.quic
+            .local_addr()
+            .expect("a bound endpoint has an address")
     }
 }
 
@@ -133,11 +152,17 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<
             }
         })
     };
-    let quic = tokio::spawn(transport::quic::accept_loop(shared.clone(), listeners.quic.clone()));
+    let quic = tokio::spawn(transport::quic::accept_loop(
+        shared.clone(),
+        listeners.quic.clone(),
+    ));
     http::serve(shared.clone(), listeners.http).await?;
     // Accepting has stopped; every session saw the shutdown token and is saying goodbye.
     shared.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close in time");
     }
     listeners.quic.close(0u32.into(), b"server shutdown");

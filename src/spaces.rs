@@ -29,8 +29,12 @@ impl ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::AlreadyExists(what) => ServiceError::new(ErrorCode::AlreadyExists, format!("{what} already exists")),
-            StoreError::NotFound(what) => ServiceError::new(ErrorCode::NotFound, format!("{what} not found")),
+            StoreError::AlreadyExists(what) => {
+                ServiceError::new(ErrorCode::AlreadyExists, format!("{what} already exists"))
+            }
+            StoreError::NotFound(what) => {
+                ServiceError::new(ErrorCode::NotFound, format!("{what} not found"))
+            }
             StoreError::Backend(detail) => {
                 tracing::error!(%detail, "store failure");
                 ServiceError::new(ErrorCode::Internal, "storage failure; retry later")
@@ -104,7 +108,12 @@ impl Spaces {
     }
 
     /// Decide `action` by `claims` on space `id`; returns the space when allowed.
-    pub async fn check(&self, claims: &Claims, action: Action<'_>, id: &str) -> Result<Space, ServiceError> {
+    pub async fn check(
+        &self,
+        claims: &Claims,
+        action: Action<'_>,
+        id: &str,
+    ) -> Result<Space, ServiceError> {
         let entry = self.entry(id).await?;
         let view = entry.as_ref().map(|e| SpaceView {
             org: &e.space.org,
@@ -115,18 +124,35 @@ impl Spaces {
                 .map(|m| m.role),
         });
         authorize(claims, action, view)?;
-        Ok(entry.expect("authorize refuses missing spaces").space.clone())
+        Ok(entry
+            .expect("authorize refuses missing spaces")
+            .space
+            .clone())
     }
 
-    pub async fn create(&self, claims: &Claims, id: Option<String>, name: String, now_ms: i64) -> Result<Space, ServiceError> {
+    pub async fn create(
+        &self,
+        claims: &Claims,
+        id: Option<String>,
+        name: String,
+        now_ms: i64,
+    ) -> Result<Space, ServiceError> {
         authorize(claims, Action::CreateSpace, None)?;
         let id = match id {
             Some(id) if is_id(&id) => id,
-            Some(id) => return Err(ServiceError::new(ErrorCode::InvalidRequest, format!("`{id}` is not a valid space id: 1 to 64 of A-Z a-z 0-9 - _ ."))),
+            Some(id) => {
+                return Err(ServiceError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("`{id}` is not a valid space id: 1 to 64 of A-Z a-z 0-9 - _ ."),
+                ));
+            }
             None => random_id(),
         };
         if name.is_empty() || name.len() > 200 {
-            return Err(ServiceError::new(ErrorCode::InvalidRequest, "a space name is 1 to 200 bytes"));
+            return Err(ServiceError::new(
+                ErrorCode::InvalidRequest,
+                "a space name is 1 to 200 bytes",
+            ));
         }
         let space = Space {
             id: id.clone(),
@@ -145,7 +171,11 @@ impl Spaces {
         // A membership counts only for the organisation it was granted to.
         let mut visible = Vec::with_capacity(spaces.len());
         for space in spaces.drain(..) {
-            if self.check(claims, Action::ReadSpace, &space.id).await.is_ok() {
+            if self
+                .check(claims, Action::ReadSpace, &space.id)
+                .await
+                .is_ok()
+            {
                 visible.push(space);
             }
         }
@@ -154,19 +184,33 @@ impl Spaces {
 
     pub async fn members(&self, claims: &Claims, id: &str) -> Result<Vec<Member>, ServiceError> {
         self.check(claims, Action::ReadSpace, id).await?;
-        let entry = self.entry(id).await?.ok_or_else(|| ServiceError::new(ErrorCode::NotFound, "no such space"))?;
+        let entry = self
+            .entry(id)
+            .await?
+            .ok_or_else(|| ServiceError::new(ErrorCode::NotFound, "no such space"))?;
         let mut members: Vec<Member> = entry.members.values().cloned().collect();
         members.sort_by(|a, b| a.user.cmp(&b.user));
         Ok(members)
     }
 
-    pub async fn add_member(&self, claims: &Claims, id: &str, user: String, org: String, role: Option<Role>) -> Result<Member, ServiceError> {
+    pub async fn add_member(
+        &self,
+        claims: &Claims,
+        id: &str,
+        user: String,
+        org: String,
+        role: Option<Role>,
+    ) -> Result<Member, ServiceError> {
         if !is_id(&org) || user.is_empty() || user.len() > 200 {
-            return Err(ServiceError::new(ErrorCode::InvalidRequest, "a member needs a user id and a valid organisation id"));
+            return Err(ServiceError::new(
+                ErrorCode::InvalidRequest,
+                "a member needs a user id and a valid organisation id",
+            ));
         }
         let space_org = self.entry(id).await?.map(|e| e.space.org.clone());
         let role = role.unwrap_or_else(|| default_role(space_org.as_deref().unwrap_or(""), &org));
-        self.check(claims, Action::AddMember { org: &org, role }, id).await?;
+        self.check(claims, Action::AddMember { org: &org, role }, id)
+            .await?;
         let member = Member {
             space: id.to_string(),
             user,
@@ -178,14 +222,23 @@ impl Spaces {
         Ok(member)
     }
 
-    pub async fn remove_member(&self, claims: &Claims, id: &str, user: &str) -> Result<(), ServiceError> {
-        self.check(claims, Action::RemoveMember { user }, id).await?;
+    pub async fn remove_member(
+        &self,
+        claims: &Claims,
+        id: &str,
+        user: &str,
+    ) -> Result<(), ServiceError> {
+        self.check(claims, Action::RemoveMember { user }, id)
+            .await?;
         let existed = self.store.remove_member(id, user).await?;
         self.invalidate(id);
         if existed {
             Ok(())
         } else {
-            Err(ServiceError::new(ErrorCode::NotFound, format!("`{user}` is not a member")))
+            Err(ServiceError::new(
+                ErrorCode::NotFound,
+                format!("`{user}` is not a member"),
+            ))
         }
     }
 }

@@ -88,7 +88,10 @@ impl Hub {
                     })
                     .clone(),
             };
-            let mut state = channel.state.lock().expect("channel lock is never poisoned");
+            let mut state = channel
+                .state
+                .lock()
+                .expect("channel lock is never poisoned");
             if !state.removed {
                 let f = f.take().expect("called once");
                 return f(&mut state);
@@ -116,7 +119,10 @@ impl Hub {
         let Some(channel) = self.channels.get(name).map(|c| c.clone()) else {
             return false;
         };
-        let mut state = channel.state.lock().expect("channel lock is never poisoned");
+        let mut state = channel
+            .state
+            .lock()
+            .expect("channel lock is never poisoned");
         let Some(i) = state.subscribers.iter().position(|s| s.id() == conn) else {
             return false;
         };
@@ -140,7 +146,9 @@ impl Hub {
             }
             let mut delivered = 0;
             for sub in &state.subscribers {
-                let frame = frames[sub.encoding().index()].as_ref().expect("encoded above");
+                let frame = frames[sub.encoding().index()]
+                    .as_ref()
+                    .expect("encoded above");
                 if sub.push(frame.clone()).is_ok() {
                     delivered += 1;
                 }
@@ -162,8 +170,12 @@ impl Hub {
     pub fn sweep(&self, idle: Duration) {
         let now = Instant::now();
         self.channels.retain(|_, channel| {
-            let mut state = channel.state.lock().expect("channel lock is never poisoned");
-            let dead = state.subscribers.is_empty() && now.duration_since(state.last_publish) >= idle;
+            let mut state = channel
+                .state
+                .lock()
+                .expect("channel lock is never poisoned");
+            let dead =
+                state.subscribers.is_empty() && now.duration_since(state.last_publish) >= idle;
             state.removed = dead;
             !dead
         });
@@ -200,7 +212,10 @@ mod tests {
         for s in &subs {
             hub.subscribe("topic:s/a", s).unwrap();
         }
-        assert_eq!(hub.subscribe("topic:s/a", &subs[0]), Err(HubError::AlreadySubscribed));
+        assert_eq!(
+            hub.subscribe("topic:s/a", &subs[0]),
+            Err(HubError::AlreadySubscribed)
+        );
         for n in 0..5 {
             let p = hub.publish("topic:s/a", &serde_json::json!(n));
             assert_eq!((p.position.offset, p.delivered), (n + 1, 3));
@@ -213,7 +228,10 @@ mod tests {
             assert_eq!(frames[0].as_ptr(), first[0].as_ptr());
         }
         let text = std::str::from_utf8(&first[4]).unwrap();
-        assert_eq!(text, r#"{"type":"message","channel":"topic:s/a","offset":5,"data":4}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"message","channel":"topic:s/a","offset":5,"data":4}"#
+        );
     }
 
     #[tokio::test]

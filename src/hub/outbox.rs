@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Identifies a connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -23,6 +23,43 @@ pub struct CloseReason {
     pub reconnect: bool,
     /// Whether frames queued before the close are still written (graceful) or dropped.
     pub flush: bool,
+    /// Whether the client is told why with a `disconnect` frame (false once it is gone).
+    pub goodbye: bool,
+}
+
+impl CloseReason {
+    /// Write what is queued, then say why.
+    pub fn graceful(code: ErrorCode, message: impl Into<String>, reconnect: bool) -> CloseReason {
+        CloseReason {
+            code,
+            message: message.into(),
+            reconnect,
+            flush: true,
+            goodbye: true,
+        }
+    }
+
+    /// Drop what is queued and say why right away.
+    pub fn abort(code: ErrorCode, message: impl Into<String>, reconnect: bool) -> CloseReason {
+        CloseReason {
+            code,
+            message: message.into(),
+            reconnect,
+            flush: false,
+            goodbye: true,
+        }
+    }
+
+    /// The peer left or the transport failed: nothing more can be written.
+    pub fn gone(message: impl Into<String>) -> CloseReason {
+        CloseReason {
+            code: ErrorCode::Internal,
+            message: message.into(),
+            reconnect: true,
+            flush: false,
+            goodbye: false,
+        }
+    }
 }
 
 /// The push was refused; the frame was not queued.
@@ -93,7 +130,8 @@ impl Outbox {
 
     /// Set the encoding before the first subscription; the hub counts subscribers per encoding.
     pub fn set_encoding(&self, encoding: Encoding) {
-        self.encoding.store(encoding.index() as u8, Ordering::Relaxed);
+        self.encoding
+            .store(encoding.index() as u8, Ordering::Relaxed);
     }
 
     pub fn closed_token(&self) -> CancellationToken {
@@ -113,12 +151,11 @@ impl Outbox {
         }
         if state.bytes + frame.len() > self.limit_bytes {
             drop(state);
-            self.close(CloseReason {
-                code: ErrorCode::SlowConsumer,
-                message: format!("outbound queue exceeded {} bytes", self.limit_bytes),
-                reconnect: true,
-                flush: false,
-            });
+            self.close(CloseReason::abort(
+                ErrorCode::SlowConsumer,
+                format!("outbound queue exceeded {} bytes", self.limit_bytes),
+                true,
+            ));
             self.metrics.slow_consumers.inc();
             return Err(PushError::Overflow);
         }
@@ -154,7 +191,11 @@ impl Outbox {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.state.lock().expect("outbox lock is never poisoned").closed.is_some()
+        self.state
+            .lock()
+            .expect("outbox lock is never poisoned")
+            .closed
+            .is_some()
     }
 
     /// Wait until there is something to do, then move every queued frame into `out`.
@@ -168,7 +209,10 @@ impl Outbox {
                     // Swap queues so both keep their capacity: no allocation in steady state.
                     std::mem::swap(&mut state.frames, out);
                     state.bytes = 0;
-                    let oldest = state.oldest.take().expect("a non-empty queue has an oldest frame");
+                    let oldest = state
+                        .oldest
+                        .take()
+                        .expect("a non-empty queue has an oldest frame");
                     self.metrics.queued_frames.dec_by(out.len() as i64);
                     return Batch::Frames(oldest);
                 }

@@ -19,7 +19,7 @@ pub enum ErrorCode {
     AlreadyHello,
     /// The client speaks a protocol version this server does not.
     UnsupportedVersion,
-    /// No token was given, or it is malformed, wrongly signed or from another issuer.
+    /// No token was given, or it is malformed or wrongly signed.
     InvalidToken,
     /// The token has expired; get a new one.
     TokenExpired,
@@ -33,7 +33,7 @@ pub enum ErrorCode {
     BadChannel,
     /// Subscribe to a channel the session is already subscribed to.
     AlreadySubscribed,
-    /// Unsubscribe or publish-only request on a channel the session is not subscribed to.
+    /// Unsubscribe from a channel the session is not subscribed to.
     NotSubscribed,
     /// The session holds the maximum number of subscriptions.
     TooManySubscriptions,
@@ -41,7 +41,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The server holds the maximum number of connections.
     TooManyConnections,
-    /// The client fell so far behind that its outbound queue overflowed; resume by offset.
+    /// The client fell so far behind that its outbound queue overflowed; reconnect and
+    /// resubscribe (offsets show what was missed).
     SlowConsumer,
     /// The client sent nothing within the client timeout.
     Timeout,

@@ -72,8 +72,12 @@ pub struct Limits {
 
 enum Phase {
     /// Waiting for `hello`; the transport may have carried a verified token already.
-    Hello { preauth: Option<Claims> },
-    Ready { claims: Arc<Claims> },
+    Hello {
+        preauth: Option<Claims>,
+    },
+    Ready {
+        claims: Arc<Claims>,
+    },
     Closed,
 }
 
@@ -175,11 +179,17 @@ impl Session {
         }
         self.last_received = now;
         if !self.rate.take(now) {
-            let id = decode_client(bytes, self.config.max_frame_bytes).ok().and_then(|f| f.id());
-            self.error(id, ErrorCode::RateLimited, format!(
-                "more than {} frames per second; this frame was dropped",
-                self.config.rate_per_sec
-            ));
+            let id = decode_client(bytes, self.config.max_frame_bytes)
+                .ok()
+                .and_then(|f| f.id());
+            self.error(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second; this frame was dropped",
+                    self.config.rate_per_sec
+                ),
+            );
             return;
         }
         let frame = match decode_client(bytes, self.config.max_frame_bytes) {
@@ -191,38 +201,61 @@ impl Session {
         };
         match (&self.phase, frame) {
             (_, ClientFrame::Pong) => {}
-            (Phase::Hello { .. }, ClientFrame::Hello { id, version, encoding, token, .. }) => {
-                self.hello(id, version, encoding, token, now)
-            }
+            (
+                Phase::Hello { .. },
+                ClientFrame::Hello {
+                    id,
+                    version,
+                    encoding,
+                    token,
+                    ..
+                },
+            ) => self.hello(id, version, encoding, token, now),
             (Phase::Hello { .. }, other) => self.error(
                 other.id(),
                 ErrorCode::HelloRequired,
                 "the first frame must be `hello`",
             ),
-            (Phase::Ready { .. }, ClientFrame::Hello { id, .. }) => {
-                self.error(Some(id), ErrorCode::AlreadyHello, "this session said hello already")
-            }
+            (Phase::Ready { .. }, ClientFrame::Hello { id, .. }) => self.error(
+                Some(id),
+                ErrorCode::AlreadyHello,
+                "this session said hello already",
+            ),
             (Phase::Ready { .. }, ClientFrame::Ping { id }) => {
                 self.send(ServerFrame::reply(id, serde_json::json!({})))
             }
             (Phase::Ready { .. }, ClientFrame::Subscribe { id, channel }) => {
                 if self.subscriptions.contains(&channel) {
-                    self.error(Some(id), ErrorCode::AlreadySubscribed, format!("already subscribed to `{channel}`"));
+                    self.error(
+                        Some(id),
+                        ErrorCode::AlreadySubscribed,
+                        format!("already subscribed to `{channel}`"),
+                    );
                 } else if self.subscriptions.len() >= self.config.max_subscriptions {
-                    self.error(Some(id), ErrorCode::TooManySubscriptions, format!(
-                        "a session holds at most {} subscriptions",
-                        self.config.max_subscriptions
-                    ));
+                    self.error(
+                        Some(id),
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "a session holds at most {} subscriptions",
+                            self.config.max_subscriptions
+                        ),
+                    );
                 } else {
                     self.subscriptions.insert(channel.clone());
-                    self.outputs.push_back(Output::Execute(ClientFrame::Subscribe { id, channel }));
+                    self.outputs
+                        .push_back(Output::Execute(ClientFrame::Subscribe { id, channel }));
                 }
             }
             (Phase::Ready { .. }, ClientFrame::Unsubscribe { id, channel }) => {
                 if self.subscriptions.remove(&channel) {
-                    self.outputs.push_back(Output::Execute(ClientFrame::Unsubscribe { id, channel }));
+                    self.outputs
+                        .push_back(Output::Execute(ClientFrame::Unsubscribe { id, channel }));
                 } else {
-                    self.error(Some(id), ErrorCode::NotSubscribed, format!("not subscribed to `{channel}`"));
+                    self.error(
+                        Some(id),
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to `{channel}`"),
+                    );
                 }
             }
             (Phase::Ready { .. }, request) => self.outputs.push_back(Output::Execute(request)),
@@ -230,11 +263,20 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, id: RequestId, version: u32, encoding: Encoding, token: Option<String>, now: Instant) {
+    fn hello(
+        &mut self,
+        id: RequestId,
+        version: u32,
+        encoding: Encoding,
+        token: Option<String>,
+        now: Instant,
+    ) {
         if version != PROTOCOL_VERSION {
-            return self.close(ErrorCode::UnsupportedVersion, format!(
-                "this server speaks protocol version {PROTOCOL_VERSION}, not {version}"
-            ), false);
+            return self.close(
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+                false,
+            );
         }
         let Phase::Hello { preauth } = &mut self.phase else {
             unreachable!("hello is handled only in the hello phase")
@@ -308,14 +350,22 @@ impl Session {
             Phase::Closed => {}
             Phase::Hello { .. } => {
                 if now >= self.connected_at + self.config.hello_timeout {
-                    self.close(ErrorCode::Timeout, "no hello within the hello timeout", true);
+                    self.close(
+                        ErrorCode::Timeout,
+                        "no hello within the hello timeout",
+                        true,
+                    );
                 }
             }
             Phase::Ready { claims } => {
                 if self.unix(now) >= claims.exp {
                     self.close(ErrorCode::TokenExpired, "the access token expired", true);
                 } else if now >= self.last_received + self.config.client_timeout {
-                    self.close(ErrorCode::Timeout, "nothing received within the client timeout", true);
+                    self.close(
+                        ErrorCode::Timeout,
+                        "nothing received within the client timeout",
+                        true,
+                    );
                 } else if now >= self.next_ping {
                     self.next_ping = now + self.config.heartbeat;
                     self.send(ServerFrame::Ping);

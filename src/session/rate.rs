@@ -47,6 +47,11 @@ mod tests {
         assert!(b.take(t0 + Duration::from_millis(100)));
         assert!(!b.take(t0 + Duration::from_millis(100)));
         // Idle time refills at most up to the burst.
-        assert_eq!((0..10).filter(|_| b.take(t0 + Duration::from_secs(60))).count(), 5);
+        assert_eq!(
+            (0..10)
+                .filter(|_| b.take(t0 + Duration::from_secs(60)))
+                .count(),
+            5
+        );
     }
 }

@@ -37,9 +37,18 @@ pub async fn run(
     permit: Permit,
 ) {
     let config = ws_config(&shared);
-    let stream = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let stream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (sink, stream) = stream.split();
-    connection::run(shared, Transport::Ws, Reader(stream), Writer(sink), preauth, permit).await;
+    connection::run(
+        shared,
+        Transport::Ws,
+        Reader(stream),
+        Writer(sink),
+        preauth,
+        permit,
+    )
+    .await;
 }
 
 struct Reader(SplitStream<Stream>);
@@ -88,18 +97,23 @@ impl FrameWriter for Writer {
         for frame in frames.drain(..) {
             // `feed` only appends to tungstenite's buffer (and writes when it passes the
             // threshold); the one `flush` below sends what is left.
-            self.0.feed(message(frame)).await.map_err(std::io::Error::other)?;
+            self.0
+                .feed(message(frame))
+                .await
+                .map_err(std::io::Error::other)?;
         }
         self.0.flush().await.map_err(std::io::Error::other)
     }
 
-    async fn close(mut self, goodbye: Bytes, code: ErrorCode) {
-        let _ = self.0.feed(message(goodbye)).await;
-        let close = CloseFrame {
-            code: close_code(code),
-            reason: Utf8Bytes::from_static(code.as_str()),
-        };
-        let _ = self.0.send(Message::Close(Some(close))).await;
+    async fn close(mut self, goodbye: Option<Bytes>, code: ErrorCode) {
+        if let Some(goodbye) = goodbye {
+            let _ = self.0.feed(message(goodbye)).await;
+            let close = CloseFrame {
+                code: close_code(code),
+                reason: Utf8Bytes::from_static(code.as_str()),
+            };
+            let _ = self.0.send(Message::Close(Some(close))).await;
+        }
         let _ = self.0.close().await;
     }
 }

@@ -1,1 +1,8 @@
+//! Integration tests: real servers on 127.0.0.1:0, real WebSocket and QUIC clients.
 
+mod api;
+mod cli;
+mod fanout;
+mod session;
+mod tidy;
+mod util;
