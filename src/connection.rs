@@ -3,18 +3,21 @@
 //! `FrameWriter`; everything else is shared, so both transports behave the same.
 
 use crate::access::Action;
+use crate::channel::ChannelRef;
 use crate::hub::{Batch, CloseReason, Outbox};
 use crate::metrics::{Transport, TransportMetrics};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, encode_server};
 use crate::server::Shared;
 use crate::session::{Output, Session};
 use crate::spaces::ServiceError;
+use crate::users::Control;
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -116,17 +119,25 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span(),
         );
         tracing::debug!("connected");
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
         let mut conn = Conn {
             shared: shared.clone(),
             session,
             outbox: outbox.clone(),
+            control,
+            registered: None,
         };
-        conn.read_loop(reader, &metrics).await;
+        conn.read_loop(reader, control_rx, &metrics).await;
         for channel in conn.session.subscriptions() {
             shared.hub.unsubscribe(channel, id);
         }
+        if let Some(user) = &conn.registered {
+            shared.users.unregister(user, id);
+        }
+        let abort = writer.abort_handle();
         if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
             tracing::debug!("writer did not finish in time");
+            abort.abort();
         }
         metrics.connections.dec();
         drop(permit);
@@ -136,14 +147,25 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
     .await
 }
 
+/// Control messages queued per connection; a full queue closes the connection instead.
+const CONTROL_QUEUE: usize = 16;
+
 struct Conn {
     shared: Arc<Shared>,
     session: Session,
     outbox: Arc<Outbox>,
+    /// Where other tasks reach this connection, once registered under its user.
+    control: mpsc::Sender<Control>,
+    registered: Option<String>,
 }
 
 impl Conn {
-    async fn read_loop<R: FrameReader>(&mut self, mut reader: R, metrics: &TransportMetrics) {
+    async fn read_loop<R: FrameReader>(
+        &mut self,
+        mut reader: R,
+        mut control: mpsc::Receiver<Control>,
+        metrics: &TransportMetrics,
+    ) {
         let shutdown = self.shared.shutdown.clone();
         let closed = self.outbox.closed_token();
         loop {
@@ -172,6 +194,7 @@ impl Conn {
                     }
                 },
                 _ = sleep_until(deadline) => self.session.handle_timeout(std::time::Instant::now()),
+                Some(Control::Revoke { space, reason }) = control.recv() => self.revoke(&space, &reason),
                 _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
                 _ = closed.cancelled() => return,
             }
@@ -186,8 +209,32 @@ impl Conn {
             .close(CloseReason::graceful(code, message, false));
     }
 
+    /// End every subscription to channels of `space`.
+    fn revoke(&mut self, space: &str, reason: &str) {
+        let channels: Vec<String> = self
+            .session
+            .subscriptions()
+            .filter(|c| ChannelRef::parse(c).is_ok_and(|c| c.space() == space))
+            .map(str::to_string)
+            .collect();
+        for channel in channels {
+            self.shared.hub.unsubscribe(&channel, self.session.id());
+            self.session.revoke(&channel, ErrorCode::Forbidden, reason);
+        }
+    }
+
     /// Act on everything the session wants; returns true once the connection is closing.
     async fn drain_outputs(&mut self) -> bool {
+        if self.registered.is_none()
+            && let Some(claims) = self.session.claims()
+        {
+            let user = claims.sub.clone();
+            tracing::Span::current().record("user", user.as_str());
+            self.shared
+                .users
+                .register(&user, self.control.clone(), self.outbox.clone());
+            self.registered = Some(user);
+        }
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Send(frame) => self.send(&frame),
@@ -270,7 +317,7 @@ impl Conn {
                     .await?,
             ),
             ClientFrame::SpaceRemoveMember { space, user, .. } => {
-                spaces.remove_member(&claims, space, user).await?;
+                self.shared.remove_member(&claims, space, user).await?;
                 json!({ "space": space, "user": user })
             }
             ClientFrame::Hello { .. } | ClientFrame::Ping { .. } | ClientFrame::Pong => {

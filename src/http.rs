@@ -276,7 +276,7 @@ async fn remove_member(
     Authed(claims): Authed,
     Path((space, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    shared.spaces.remove_member(&claims, &space, &user).await?;
+    shared.remove_member(&claims, &space, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,3 +16,4 @@ pub mod session;
 pub mod spaces;
 pub mod store;
 pub mod transport;
+pub mod users;

@@ -11,6 +11,7 @@ use crate::protocol::ErrorCode;
 use crate::spaces::ServiceError;
 use crate::spaces::Spaces;
 use crate::store::{SqliteStore, Store};
+use crate::users::Users;
 use crate::{datadir, http, transport};
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -27,6 +28,8 @@ pub struct Shared {
     pub keys: Arc<TokenKeys>,
     pub hub: Hub,
     pub spaces: Spaces,
+    /// Open connections by user.
+    pub users: Users,
     pub metrics: Arc<Metrics>,
     /// Fires when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -55,6 +58,18 @@ impl Shared {
             .check(claims, action, channel.space())
             .await
             .map(drop)
+    }
+
+    /// Remove `user` from `space`, ending their subscriptions to its channels at once.
+    pub async fn remove_member(
+        &self,
+        claims: &Claims,
+        space: &str,
+        user: &str,
+    ) -> Result<(), ServiceError> {
+        self.spaces.remove_member(claims, space, user).await?;
+        self.users.revoke(user, space, "removed from the space");
+        Ok(())
     }
 
     /// Publish `data` on `channel` for `claims`; the result is the reply body.
@@ -124,6 +139,7 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         hub: Hub::new(metrics.clone()),
         spaces: Spaces::new(store),
+        users: Users::default(),
         keys,
         metrics,
         config,

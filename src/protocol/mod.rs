@@ -132,6 +132,12 @@ pub enum ServerFrame {
         offset: u64,
         data: Value,
     },
+    /// The server ended a subscription (e.g. the user was removed from the space).
+    Unsubscribed {
+        channel: String,
+        code: ErrorCode,
+        message: String,
+    },
     /// Server heartbeat; the client answers `pong`.
     Ping,
     /// The server is closing the connection; `reconnect` says whether retrying makes sense.

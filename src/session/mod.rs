@@ -326,6 +326,17 @@ impl Session {
         self.error(request.id(), code, message);
     }
 
+    /// The server ended the subscription to `channel` (e.g. the user left the space).
+    pub fn revoke(&mut self, channel: &str, code: ErrorCode, message: impl Into<String>) {
+        if self.subscriptions.remove(channel) {
+            self.send(ServerFrame::Unsubscribed {
+                channel: channel.to_string(),
+                code,
+                message: message.into(),
+            });
+        }
+    }
+
     /// The server is shutting down.
     pub fn shutdown(&mut self) {
         self.close(ErrorCode::ShuttingDown, "the server is shutting down", true);

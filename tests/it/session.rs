@@ -254,12 +254,31 @@ async fn cross_organisation_access_denied(tr: Tr) {
         ),
         "not_found"
     );
-    // After removal, bob cannot subscribe again.
+    // Removal ends bob's live subscription at once, and he cannot subscribe again.
     let mut alice = s.client(tr, "alice", "acme").await;
     alice
         .call(json!({"type": "space.remove_member", "space": "acme-eng", "user": "bob"}))
         .await
         .unwrap();
+    match bob.expect().await.unwrap() {
+        ServerFrame::Unsubscribed { channel, code, .. } => {
+            assert_eq!(
+                (channel.as_str(), code),
+                ("topic:acme-eng/secrets", ErrorCode::Forbidden)
+            );
+        }
+        other => panic!("expected the subscription to end, got {other:?}"),
+    }
+    alice
+        .call(json!({"type": "publish", "channel": "topic:acme-eng/secrets", "data": "after"}))
+        .await
+        .unwrap();
+    bob.send(&json!({"type": "ping", "id": 500})).await.unwrap();
+    let next = bob.expect().await.unwrap();
+    assert!(
+        matches!(next, ServerFrame::Reply { id: 500, .. }),
+        "after removal bob got {next:?}"
+    );
     let mut bob2 = s.client(tr, "bob", "globex").await;
     assert_eq!(
         code(
