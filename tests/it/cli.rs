@@ -153,7 +153,7 @@ async fn token_then_serve_then_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let http = loop {
+    let (http, quic) = loop {
         let line = lines
             .next()
             .expect("the server logs where it listens")
@@ -166,7 +166,8 @@ async fn token_then_serve_then_sigterm() {
                     .unwrap()
                     .contains("listening")
             );
-            break addr.to_string();
+            let quic = log["fields"]["quic"].as_str().unwrap().to_string();
+            break (addr.to_string(), quic);
         }
     };
     let next = lines.next().unwrap().unwrap();
@@ -179,6 +180,7 @@ async fn token_then_serve_then_sigterm() {
         .unwrap();
     let welcome = c.hello(Some(token.trim()), Encoding::Json).await.unwrap();
     assert_eq!(welcome["user"], "alice");
+    tour(&http, &quic, token.trim(), d).await;
     let pid = server.id().to_string();
     assert!(
         Command::new("kill")
@@ -209,4 +211,62 @@ async fn token_then_serve_then_sigterm() {
     .await
     .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The README's tour: create a space over HTTP, `chorus sub` in the background, `chorus pub` over
+/// WebSocket and over QUIC, and the subscriber prints both messages.
+async fn tour(http: &str, quic: &str, token: &str, data_dir: &str) {
+    let addr: std::net::SocketAddr = http.parse().unwrap();
+    let body = r#"{"space":"acme-eng","name":"Engineering"}"#;
+    let (status, _, _) =
+        crate::api::http(addr, "POST", "/api/spaces", Some(token), Some(body)).await;
+    assert_eq!(status, 201);
+    let url = format!("ws://{http}/ws");
+    let mut sub = chorus()
+        .args(["sub", "--url", &url, "topic:acme-eng/deploys"])
+        .env("CHORUS_TOKEN", token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    // Publish until the subscriber has subscribed and prints the first message.
+    let publish = |data: &str, quic: Option<&str>| {
+        let mut cmd = chorus();
+        cmd.args(["pub", "--url", &url, "--data-dir", data_dir]);
+        if let Some(addr) = quic {
+            cmd.args(["--quic", addr]);
+        }
+        let out = cmd
+            .args(["topic:acme-eng/deploys", data])
+            .env("CHORUS_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = tokio::task::spawn_blocking(move || {
+        let line = lines.next().unwrap().unwrap();
+        (line, lines)
+    });
+    let mut delivered = 0;
+    while delivered == 0 {
+        delivered = publish(r#"{"version":"1.2.3"}"#, None)["delivered"]
+            .as_u64()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (line, mut lines) = first.await.unwrap();
+    let message: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(message["data"], serde_json::json!({"version": "1.2.3"}));
+    publish(r#"{"version":"1.2.4"}"#, Some(quic));
+    let line = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
+        .await
+        .unwrap();
+    assert!(line.contains("1.2.4"), "{line}");
+    sub.kill().unwrap();
+    sub.wait().unwrap();
 }
