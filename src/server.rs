@@ -5,6 +5,7 @@ use crate::access::{Action, Claims};
 use crate::auth::TokenKeys;
 use crate::channel::ChannelRef;
 use crate::config::Config;
+use crate::bus::{Bus, LocalBus};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
@@ -26,7 +27,9 @@ use tokio_util::task::TaskTracker;
 pub struct Shared {
     pub config: Config,
     pub keys: Arc<TokenKeys>,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
+    /// Carries publishes to every node's hub.
+    pub bus: Arc<dyn Bus>,
     pub spaces: Spaces,
     /// Open connections by user.
     pub users: Users,
@@ -81,7 +84,10 @@ impl Shared {
     ) -> Result<Value, ServiceError> {
         self.authorize_channel(claims, Action::Publish, channel)
             .await?;
-        let published = self.hub.publish(channel, data);
+        let published = self.bus.publish(channel, data).await.map_err(|e| {
+            tracing::error!(error = %e, "publish failed");
+            ServiceError::new(ErrorCode::Internal, "the message bus is unavailable; retry later")
+        })?;
         Ok(json!({
             "channel": channel,
             "epoch": published.position.epoch,
@@ -136,8 +142,10 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
     let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
     Ok(Arc::new(Shared {
-        hub: Hub::new(metrics.clone()),
+        bus: Arc::new(LocalBus::new(hub.clone())),
+        hub,
         spaces: Spaces::new(store),
         users: Users::default(),
         keys,
