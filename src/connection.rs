@@ -259,10 +259,11 @@ impl Conn {
     }
 
     fn send(&self, frame: &ServerFrame) {
+        let frame = encode_server(frame, self.session.encoding());
         // A full outbox closes itself as a slow consumer; the loop notices and ends.
-        let _ = self
-            .outbox
-            .push(encode_server(frame, self.session.encoding()));
+        if self.outbox.push(frame, Instant::now()).is_ok() {
+            self.shared.metrics.queued_frames.inc();
+        }
     }
 
     async fn execute(&mut self, request: &ClientFrame) -> Result<serde_json::Value, ServiceError> {

@@ -10,6 +10,7 @@ use crate::protocol::{Encoding, Position, encode_message};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +26,8 @@ struct ChannelState {
     /// Offset of the last message published; 0 before the first.
     offset: u64,
     subscribers: Vec<Arc<Outbox>>,
+    /// Where each connection sits in `subscribers`, for O(1) subscribe checks and removal.
+    index: HashMap<ConnId, usize>,
     /// Subscribers per encoding, so a publish encodes only what someone will read.
     per_encoding: [usize; 2],
     last_publish: Instant,
@@ -80,6 +83,7 @@ impl Hub {
                                 epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed),
                                 offset: 0,
                                 subscribers: Vec::new(),
+                                index: HashMap::new(),
                                 per_encoding: [0; 2],
                                 last_publish: Instant::now(),
                                 removed: false,
@@ -102,9 +106,11 @@ impl Hub {
     /// Add `outbox` to the channel's subscribers; returns the channel's current position.
     pub fn subscribe(&self, name: &str, outbox: &Arc<Outbox>) -> Result<Position, HubError> {
         self.with_channel(name, |state| {
-            if state.subscribers.iter().any(|s| s.id() == outbox.id()) {
+            if state.index.contains_key(&outbox.id()) {
                 return Err(HubError::AlreadySubscribed);
             }
+            let slot = state.subscribers.len();
+            state.index.insert(outbox.id(), slot);
             state.subscribers.push(outbox.clone());
             state.per_encoding[outbox.encoding().index()] += 1;
             Ok(Position {
@@ -123,10 +129,14 @@ impl Hub {
             .state
             .lock()
             .expect("channel lock is never poisoned");
-        let Some(i) = state.subscribers.iter().position(|s| s.id() == conn) else {
+        let Some(i) = state.index.remove(&conn) else {
             return false;
         };
         let outbox = state.subscribers.swap_remove(i);
+        if let Some(moved) = state.subscribers.get(i) {
+            let moved = moved.id();
+            state.index.insert(moved, i);
+        }
         state.per_encoding[outbox.encoding().index()] -= 1;
         true
     }
@@ -144,17 +154,19 @@ impl Hub {
                     frames[encoding.index()] = Some(encode_message(name, offset, data, encoding));
                 }
             }
+            let now = tokio::time::Instant::now();
             let mut delivered = 0;
             for sub in &state.subscribers {
                 let frame = frames[sub.encoding().index()]
                     .as_ref()
                     .expect("encoded above");
-                if sub.push(frame.clone()).is_ok() {
+                if sub.push(frame.clone(), now).is_ok() {
                     delivered += 1;
                 }
             }
             self.metrics.publishes.inc();
             self.metrics.deliveries.inc_by(delivered as u64);
+            self.metrics.queued_frames.inc_by(delivered as i64);
             Published {
                 position: Position {
                     epoch: state.epoch,
@@ -251,6 +263,30 @@ mod tests {
             Batch::Frames(_) => panic!("a slow consumer's queue is dropped"),
         }
         assert_eq!(drain(&fast).await.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn unsubscribe_keeps_the_index_consistent() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let subs: Vec<_> = (0..5).map(|i| outbox(i, Encoding::Json, 1 << 20)).collect();
+        for s in &subs {
+            hub.subscribe("c", s).unwrap();
+        }
+        // Remove from the middle, then the one moved into its place, then the first.
+        for id in [1, 4, 0] {
+            assert!(hub.unsubscribe("c", id));
+            assert!(!hub.unsubscribe("c", id));
+        }
+        assert_eq!(hub.publish("c", &serde_json::json!(1)).delivered, 2);
+        for id in [2, 3] {
+            assert_eq!(drain(&subs[id as usize]).await.len(), 1);
+            assert_eq!(
+                hub.subscribe("c", &subs[id as usize]),
+                Err(HubError::AlreadySubscribed)
+            );
+        }
+        hub.subscribe("c", &subs[4]).unwrap();
+        assert_eq!(hub.publish("c", &serde_json::json!(2)).delivered, 3);
     }
 
     #[test]
