@@ -3,9 +3,9 @@
 
 use crate::access::{Action, Claims};
 use crate::auth::TokenKeys;
+use crate::bus::{Bus, LocalBus};
 use crate::channel::ChannelRef;
 use crate::config::Config;
-use crate::bus::{Bus, LocalBus};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
@@ -86,7 +86,10 @@ impl Shared {
             .await?;
         let published = self.bus.publish(channel, data).await.map_err(|e| {
             tracing::error!(error = %e, "publish failed");
-            ServiceError::new(ErrorCode::Internal, "the message bus is unavailable; retry later")
+            ServiceError::new(
+                ErrorCode::Internal,
+                "the message bus is unavailable; retry later",
+            )
         })?;
         Ok(json!({
             "channel": channel,
