@@ -272,7 +272,6 @@ impl Conn {
             .claims()
             .expect("requests run only on ready sessions")
             .clone();
-        let spaces = &self.shared.spaces;
         Ok(match request {
             ClientFrame::Subscribe { channel, .. } => {
                 self.shared
@@ -292,35 +291,7 @@ impl Conn {
             ClientFrame::Publish { channel, data, .. } => {
                 self.shared.publish(&claims, channel, data).await?
             }
-            ClientFrame::SpaceCreate { space, name, .. } => value(
-                &spaces
-                    .create(
-                        &claims,
-                        space.clone(),
-                        name.clone(),
-                        crate::server::unix_ms(),
-                    )
-                    .await?,
-            ),
-            ClientFrame::SpaceList { .. } => json!({ "spaces": spaces.list(&claims).await? }),
-            ClientFrame::SpaceMembers { space, .. } => {
-                json!({ "space": space, "members": spaces.members(&claims, space).await? })
-            }
-            ClientFrame::SpaceAddMember {
-                space,
-                user,
-                org,
-                role,
-                ..
-            } => value(
-                &spaces
-                    .add_member(&claims, space, user.clone(), org.clone(), *role)
-                    .await?,
-            ),
-            ClientFrame::SpaceRemoveMember { space, user, .. } => {
-                self.shared.remove_member(&claims, space, user).await?;
-                json!({ "space": space, "user": user })
-            }
+            ClientFrame::Space(request) => self.shared.space_request(&claims, request).await?,
             ClientFrame::Hello { .. } | ClientFrame::Ping { .. } | ClientFrame::Pong => {
                 unreachable!("the session answers these itself")
             }
@@ -387,8 +358,4 @@ async fn write_loop<W: FrameWriter>(
             }
         }
     }
-}
-
-fn value(v: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(v).expect("results are plain data")
 }

@@ -8,7 +8,7 @@ use crate::channel::ChannelRef;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, SpaceRequest};
 use crate::spaces::ServiceError;
 use crate::spaces::Spaces;
 use crate::store::{SqliteStore, Store};
@@ -61,6 +61,45 @@ impl Shared {
             .check(claims, action, channel.space())
             .await
             .map(drop)
+    }
+
+    /// Execute a `space.*` request for `claims`; the result is the reply body.
+    pub async fn space_request(
+        &self,
+        claims: &Claims,
+        request: &SpaceRequest,
+    ) -> Result<Value, ServiceError> {
+        let spaces = &self.spaces;
+        Ok(match request {
+            SpaceRequest::Create { space, name, .. } => {
+                json!(
+                    spaces
+                        .create(claims, space.clone(), name.clone(), unix_ms())
+                        .await?
+                )
+            }
+            SpaceRequest::List { .. } => json!({ "spaces": spaces.list(claims).await? }),
+            SpaceRequest::Members { space, .. } => {
+                json!({ "space": space, "members": spaces.members(claims, space).await? })
+            }
+            SpaceRequest::AddMember {
+                space,
+                user,
+                org,
+                role,
+                ..
+            } => {
+                json!(
+                    spaces
+                        .add_member(claims, space, user.clone(), org.clone(), *role)
+                        .await?
+                )
+            }
+            SpaceRequest::RemoveMember { space, user, .. } => {
+                self.remove_member(claims, space, user).await?;
+                json!({ "space": space, "user": user })
+            }
+        })
     }
 
     /// Remove `user` from `space`, ending their subscriptions to its channels at once.

@@ -1,4 +1,4 @@
-use super::{ClientFrame, ErrorCode, RequestId, ServerFrame};
+use super::{ClientFrame, ErrorCode, RequestId, ServerFrame, SpaceRequest};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -47,19 +47,38 @@ struct Probe {
     id: Option<RequestId>,
 }
 
-const KNOWN_TYPES: &[&str] = &[
+/// The frame types of the core protocol; services list theirs beside their request types.
+const CORE_TYPES: &[&str] = &[
     "hello",
     "ping",
     "pong",
     "subscribe",
     "unsubscribe",
     "publish",
-    "space.create",
-    "space.list",
-    "space.members",
-    "space.add_member",
-    "space.remove_member",
 ];
+
+/// Every service: its request types, and a decoder that explains what is wrong with a frame of
+/// one of them (the combined decoder only says no untagged variant matched).
+type Explain = fn(&[u8], Encoding) -> String;
+
+fn explain<T: serde::de::DeserializeOwned>(frame: &[u8], encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Json => serde_json::from_slice::<T>(frame)
+            .err()
+            .map(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice::<T>(frame)
+            .err()
+            .map(|e| e.to_string()),
+    }
+    .unwrap_or_default()
+}
+
+const SERVICES: &[(&[&str], Explain)] = &[(SpaceRequest::TYPES, explain::<SpaceRequest>)];
+
+/// Whether `kind` is a frame type this server knows.
+pub fn is_known_type(kind: &str) -> bool {
+    CORE_TYPES.contains(&kind) || SERVICES.iter().any(|(types, _)| types.contains(&kind))
+}
 
 /// Decode one client frame of at most `max_len` bytes.
 pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, DecodeError> {
@@ -98,14 +117,20 @@ pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, Decode
             ErrorCode::MalformedFrame,
             "the frame has no string `type` field".to_string(),
         ),
-        Some(kind) if !KNOWN_TYPES.contains(&kind) => (
+        Some(kind) if !is_known_type(kind) => (
             ErrorCode::UnknownType,
             format!("unknown frame type `{kind}`"),
         ),
-        Some(kind) => (
-            ErrorCode::InvalidRequest,
-            format!("bad `{kind}` frame: {detail}"),
-        ),
+        Some(kind) => {
+            let detail = SERVICES
+                .iter()
+                .find(|(types, _)| types.contains(&kind))
+                .map_or(detail, |(_, explain)| explain(frame, encoding));
+            (
+                ErrorCode::InvalidRequest,
+                format!("bad `{kind}` frame: {detail}"),
+            )
+        }
     };
     Err(DecodeError {
         id: probe.id,
@@ -190,6 +215,9 @@ mod tests {
         assert_eq!((err.code, err.id), (ErrorCode::UnknownType, Some(4)));
         let err = decode(json!({"type": "subscribe", "id": 5})).unwrap_err();
         assert_eq!((err.code, err.id), (ErrorCode::InvalidRequest, Some(5)));
+        let err = decode(json!({"type": "space.create", "id": 9})).unwrap_err();
+        assert_eq!((err.code, err.id), (ErrorCode::InvalidRequest, Some(9)));
+        assert!(err.message.contains("missing field `name`"), "{}", err.message);
         // Unknown fields are ignored, so newer clients keep working with older servers.
         assert!(decode(json!({"type": "subscribe", "id": 6, "channel": "x", "extra": 1})).is_ok());
         let err = decode_client(&[b' '; 2048], 1024).unwrap_err();
@@ -211,9 +239,10 @@ mod tests {
             json!({"type": "space.add_member", "id": 1, "space": "s", "user": "u", "org": "o"}),
             json!({"type": "space.remove_member", "id": 1, "space": "s", "user": "u"}),
         ];
-        assert_eq!(frames.len(), KNOWN_TYPES.len());
+        let known = CORE_TYPES.len() + SERVICES.iter().map(|(t, _)| t.len()).sum::<usize>();
+        assert_eq!(frames.len(), known);
         for f in frames {
-            assert!(KNOWN_TYPES.contains(&f["type"].as_str().unwrap()));
+            assert!(is_known_type(f["type"].as_str().unwrap()));
             decode(f.clone()).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }

@@ -5,6 +5,9 @@
 mod codec;
 mod error;
 pub mod framing;
+mod space;
+
+pub use space::SpaceRequest;
 
 pub use codec::{DecodeError, Encoding, decode_client, encode_message, encode_server};
 pub use error::ErrorCode;
@@ -61,37 +64,10 @@ pub enum ClientFrame {
         channel: String,
         data: Value,
     },
-    #[serde(rename = "space.create")]
-    SpaceCreate {
-        id: RequestId,
-        #[serde(default)]
-        space: Option<String>,
-        name: String,
-    },
-    #[serde(rename = "space.list")]
-    SpaceList {
-        id: RequestId,
-    },
-    #[serde(rename = "space.members")]
-    SpaceMembers {
-        id: RequestId,
-        space: String,
-    },
-    #[serde(rename = "space.add_member")]
-    SpaceAddMember {
-        id: RequestId,
-        space: String,
-        user: String,
-        org: String,
-        #[serde(default)]
-        role: Option<crate::access::Role>,
-    },
-    #[serde(rename = "space.remove_member")]
-    SpaceRemoveMember {
-        id: RequestId,
-        space: String,
-        user: String,
-    },
+    /// A service request, routed by the prefix of its `type`. Each service's requests live in
+    /// their own module; untagged variants are tried after the core types above.
+    #[serde(untagged)]
+    Space(SpaceRequest),
 }
 
 impl ClientFrame {
@@ -103,12 +79,8 @@ impl ClientFrame {
             | ClientFrame::Ping { id }
             | ClientFrame::Subscribe { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
-            | ClientFrame::Publish { id, .. }
-            | ClientFrame::SpaceCreate { id, .. }
-            | ClientFrame::SpaceList { id }
-            | ClientFrame::SpaceMembers { id, .. }
-            | ClientFrame::SpaceAddMember { id, .. }
-            | ClientFrame::SpaceRemoveMember { id, .. } => Some(*id),
+            | ClientFrame::Publish { id, .. } => Some(*id),
+            ClientFrame::Space(request) => Some(request.id()),
         }
     }
 }
