@@ -287,3 +287,21 @@ async fn health_and_metrics() {
         .unwrap();
     assert!(open >= 1, "the subscriber's connection is counted");
 }
+
+/// Spaces, members and the token secret survive a restart on the same data dir.
+#[tokio::test]
+async fn spaces_survive_restart() {
+    let s = TestServer::start().await;
+    s.space("eng", "alice", "acme").await;
+    s.add("eng", "alice", "acme", "bob", "globex").await;
+    let token = s.token("bob", "globex");
+    let dir = s.stop().await;
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    let (status, listed, _) = http(s.http, "GET", "/api/spaces", Some(&token), None).await;
+    assert_eq!(status, 200, "a token minted before the restart still works");
+    assert_eq!(listed["spaces"][0]["id"], "eng");
+    let mut bob = s.client(Tr::Ws, "bob", "globex").await;
+    bob.call(json!({"type": "subscribe", "channel": "topic:eng/x"}))
+        .await
+        .unwrap();
+}

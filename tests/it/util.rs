@@ -22,7 +22,7 @@ pub struct TestServer {
     pub http: SocketAddr,
     pub quic: SocketAddr,
     pub task: JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -41,8 +41,12 @@ impl TestServer {
 
     /// Start a server with the test config changed by `tweak`.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::in_dir(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// Start a server on `dir`, which may hold a previous server's data.
+    pub async fn in_dir(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         tweak(&mut config);
         config.validate().unwrap();
@@ -55,8 +59,17 @@ impl TestServer {
             http,
             quic,
             task,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Shut the server down gracefully and hand back its data dir.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.shared.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        // The store closes its database when the last reference to it goes.
+        drop(self.shared);
+        self.dir
     }
 
     pub fn ws_url(&self) -> String {
