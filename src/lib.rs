@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod channel;
 pub mod client;

@@ -32,6 +32,8 @@ enum Command {
     Sub(SubArgs),
     /// Publish one message (JSON) on a channel and print the reply.
     Pub(PubArgs),
+    /// Load-test a Chorus server (or a peer) and report latency and throughput.
+    Bench(chorus::bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -175,6 +177,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(args) => token(args),
         Command::Sub(args) => client_runtime()?.block_on(sub(args)),
         Command::Pub(args) => client_runtime()?.block_on(publish(args)),
+        Command::Bench(args) => chorus::bench::run(args),
         Command::Version => {
             println!(
                 "chorus {} (protocol v{})",

@@ -217,7 +217,11 @@ mod tests {
         assert_eq!((err.code, err.id), (ErrorCode::InvalidRequest, Some(5)));
         let err = decode(json!({"type": "space.create", "id": 9})).unwrap_err();
         assert_eq!((err.code, err.id), (ErrorCode::InvalidRequest, Some(9)));
-        assert!(err.message.contains("missing field `name`"), "{}", err.message);
+        assert!(
+            err.message.contains("missing field `name`"),
+            "{}",
+            err.message
+        );
         // Unknown fields are ignored, so newer clients keep working with older servers.
         assert!(decode(json!({"type": "subscribe", "id": 6, "channel": "x", "extra": 1})).is_ok());
         let err = decode_client(&[b' '; 2048], 1024).unwrap_err();

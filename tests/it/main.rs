@@ -1,6 +1,7 @@
 //! Integration tests: real servers on 127.0.0.1:0, real WebSocket and QUIC clients.
 
 mod api;
+mod bench;
 mod cli;
 mod fanout;
 mod session;

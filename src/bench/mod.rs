@@ -1,0 +1,96 @@
+//! `chorus bench`: load tests against a Chorus server, reporting latency (hdrhistogram),
+//! throughput, lost and duplicated messages, and the CPU and memory of both sides.
+//!
+//! Layout, so each feature adds its scenario with little code:
+//!
+//! - `target`: options shared by every scenario (`CommonArgs`), the resolved `Target`
+//!   (transport, tokens minted or given, space set-up), connections that said `hello`, progress.
+//! - `wire`: lean WebSocket and QUIC connections (`Reader`/`Writer`) for load loops.
+//! - `scan`: reads offsets, stamps and reply ids from raw frames without decoding them.
+//! - `report`: `Report`/`Step` (latency summary, counters, errors, usage), table and JSON output.
+//! - `usage`: CPU and memory of the tool and the server, from `/proc`.
+//! - one module per scenario (`fanout`, `connections`): `XArgs` (clap) and
+//!   `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario` variant and a
+//!   match arm in `run`.
+//!
+//! The tool runs on its own multi-thread runtime with `--threads` workers (default 1), so on a
+//! 2-core machine the server gets one core and the tool the other:
+//! `taskset -c 0 chorus serve` and `taskset -c 1 chorus bench …`.
+
+pub mod connections;
+pub mod fanout;
+pub mod report;
+pub mod scan;
+pub mod target;
+pub mod usage;
+pub mod wire;
+
+pub use report::Report;
+pub use target::CommonArgs;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Load-test a Chorus server and report latency, throughput, losses, and CPU and memory use.
+///
+/// Run the server without its per-connection rate limit for load tests:
+/// `CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 chorus serve`. Pin server and tool to
+/// different cores (`taskset -c 0 chorus serve`, `taskset -c 1 chorus bench …`) and pass
+/// `--server-pid` so the report says which side was the limit.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bench",
+    after_help = "\
+Run the server without its per-connection rate limit (500 frames/s) for load tests, and pin the
+server and the tool to different cores so each side's CPU use tells which one was the limit:
+  CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 taskset -c 0 chorus serve
+  taskset -c 1 chorus bench fanout -s 100 --ladder 10k*1.5 --server-pid <PID of chorus serve>
+Without --token the bench mints tokens with the server's secret (--data-dir, default ./chorus-data)."
+)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// S subscribers on one channel, P publishers, B-byte messages, at a rate or a ladder of
+    /// rates up to the saturation point.
+    Fanout(fanout::FanoutArgs),
+    /// Open N idle connections and report the server's memory per connection.
+    Connections(connections::ConnectionsArgs),
+}
+
+impl Scenario {
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            Scenario::Fanout(a) => &a.common,
+            Scenario::Connections(a) => &a.common,
+        }
+    }
+
+    /// Run the scenario on the current runtime.
+    pub async fn run(&self) -> anyhow::Result<Report> {
+        match self {
+            Scenario::Fanout(a) => fanout::run(a).await,
+            Scenario::Connections(a) => connections::run(a).await,
+        }
+    }
+}
+
+/// The `chorus bench` command: run the scenario on a runtime of `--threads` workers and print
+/// its report.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let common = args.scenario.common();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common.threads.max(1))
+        .thread_name("bench")
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let report = runtime.block_on(args.scenario.run())?;
+    report.print(common.json);
+    // Connections still closing must not delay the exit.
+    runtime.shutdown_background();
+    Ok(())
+}

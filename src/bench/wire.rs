@@ -1,0 +1,571 @@
+//! Lean client connections for load tests: WebSocket and QUIC, split into a `Reader` and a
+//! `Writer`, with none of `client::Client`'s per-frame decoding.
+//!
+//! WebSocket: the upgrade is a hand-written HTTP/1.1 request (the key from tungstenite), and
+//! frames are parsed here: the server's frames are unmasked, unfragmented text or binary
+//! messages, so a reader only needs the 2-to-10-byte header. Reads go into one large buffer per
+//! worker thread (only a partial frame's tail stays with the connection), so thousands of
+//! connections cost little memory while each read still drains the socket in one syscall.
+//! Client frames are masked, as RFC 6455 requires.
+//!
+//! QUIC: the control stream read with `read_chunk` and split with `protocol::framing`.
+
+use crate::protocol::framing::FrameDecoder;
+use anyhow::{Context, bail};
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The largest frame accepted from a server (as `client::Client`).
+pub const MAX_FRAME: usize = 16 << 20;
+/// Size of each worker thread's read buffer.
+const READ_BUF: usize = 256 * 1024;
+/// A partial frame longer than this is assembled in the connection's own buffer instead.
+const BIG_TAIL: usize = READ_BUF / 2;
+
+thread_local! {
+    static READ: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// Where a WebSocket connection goes.
+#[derive(Debug, Clone)]
+pub struct WsAddr {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    /// Path and query of the upgrade request.
+    pub path: String,
+}
+
+/// Incoming frames of one connection.
+pub struct Reader {
+    inner: ReaderInner,
+    /// Why the connection ended, once it did (a WebSocket close frame's reason, a QUIC close).
+    pub closed: Option<String>,
+}
+
+enum ReaderInner {
+    Ws(WsReader),
+    Quic {
+        recv: quinn::RecvStream,
+        decoder: FrameDecoder,
+    },
+}
+
+struct WsReader {
+    read: OwnedReadHalf,
+    /// Bytes of an incomplete frame, carried to the next read.
+    tail: Vec<u8>,
+    /// A fragmented message being assembled (servers do not fragment, but they may).
+    frag: Vec<u8>,
+    /// Payloads of WebSocket pings to answer.
+    pings: Vec<Vec<u8>>,
+    /// The tail may hold complete frames (bytes that came with the upgrade response).
+    check_tail: bool,
+}
+
+/// Outgoing frames of one connection: `push` appends to a buffer, `flush` writes it at once.
+pub struct Writer {
+    inner: WriterInner,
+    buf: Vec<u8>,
+    mask: u32,
+}
+
+enum WriterInner {
+    Ws(OwnedWriteHalf),
+    Quic {
+        send: quinn::SendStream,
+        connection: quinn::Connection,
+    },
+}
+
+/// Open a WebSocket connection (TCP, from `source` if given, then the upgrade).
+pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(Reader, Writer)> {
+    let socket = match to.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        // Ports in TIME_WAIT from an earlier run may be reused.
+        socket.set_reuseaddr(true)?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("cannot bind a socket to {ip}"))?;
+    }
+    let mut stream = socket
+        .connect(to.addr)
+        .await
+        .with_context(|| format!("cannot connect to {}", to.addr))?;
+    stream.set_nodelay(true)?;
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        to.path, to.host
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::with_capacity(512);
+    let end = loop {
+        if let Some(i) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if response.len() > 16 * 1024 {
+            bail!("the WebSocket upgrade response is too long");
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the server closed the connection during the WebSocket upgrade");
+        }
+        response.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&response[..end]);
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("101") {
+        let body = String::from_utf8_lossy(&response[end..]);
+        bail!("WebSocket upgrade refused: {status} {}", body.trim());
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accepted = head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
+        })
+    });
+    if !accepted {
+        bail!("the WebSocket upgrade response has no valid Sec-WebSocket-Accept");
+    }
+    let (read, write) = stream.into_split();
+    let reader = Reader {
+        inner: ReaderInner::Ws(WsReader {
+            read,
+            tail: response[end..].to_vec(),
+            frag: Vec::new(),
+            pings: Vec::new(),
+            check_tail: end < response.len(),
+        }),
+        closed: None,
+    };
+    let mut seed = [0u8; 4];
+    let _ = getrandom::fill(&mut seed);
+    let writer = Writer {
+        inner: WriterInner::Ws(write),
+        buf: Vec::new(),
+        mask: u32::from_ne_bytes(seed) | 1,
+    };
+    Ok((reader, writer))
+}
+
+/// Open a QUIC connection and its control stream on `endpoint`.
+pub async fn connect_quic(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> anyhow::Result<(Reader, Writer)> {
+    let (connection, send, recv) =
+        crate::transport::quic::connect(endpoint, addr, "localhost").await?;
+    let reader = Reader {
+        inner: ReaderInner::Quic {
+            recv,
+            decoder: FrameDecoder::new(MAX_FRAME),
+        },
+        closed: None,
+    };
+    let writer = Writer {
+        inner: WriterInner::Quic { send, connection },
+        buf: Vec::new(),
+        mask: 0,
+    };
+    Ok((reader, writer))
+}
+
+impl Reader {
+    /// Wait for bytes, then call `on_frame` with every complete frame they finish and the time
+    /// they were read. Returns `Ok(false)` once the connection ended (see `closed`).
+    pub async fn read<F: FnMut(&[u8], Instant)>(
+        &mut self,
+        on_frame: &mut F,
+    ) -> anyhow::Result<bool> {
+        match &mut self.inner {
+            ReaderInner::Ws(ws) => {
+                let open = read_ws(ws, on_frame).await;
+                match open {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(reason)) => {
+                        self.closed = Some(reason);
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ReaderInner::Quic { recv, decoder } => {
+                let chunk = recv.read_chunk(usize::MAX, true).await;
+                let now = Instant::now();
+                match chunk {
+                    Ok(Some(chunk)) => {
+                        decoder.push(&chunk.bytes);
+                        while let Some(frame) = decoder.next_frame()? {
+                            on_frame(&frame, now);
+                        }
+                        Ok(true)
+                    }
+                    Ok(None) => {
+                        self.closed = Some("the server finished the control stream".into());
+                        Ok(false)
+                    }
+                    Err(quinn::ReadError::ConnectionLost(e)) => {
+                        self.closed = Some(e.to_string());
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// WebSocket pings received, to answer with `Writer::pong` (servers rarely send them).
+    pub fn take_pings(&mut self) -> Vec<Vec<u8>> {
+        match &mut self.inner {
+            ReaderInner::Ws(ws) => std::mem::take(&mut ws.pings),
+            ReaderInner::Quic { .. } => Vec::new(),
+        }
+    }
+}
+
+/// One read on a WebSocket: `Ok(Ok(()))` after handing over frames, `Ok(Err(reason))` once the
+/// connection ended.
+async fn read_ws<F: FnMut(&[u8], Instant)>(
+    ws: &mut WsReader,
+    on_frame: &mut F,
+) -> anyhow::Result<Result<(), String>> {
+    // Frames that came with the upgrade response come first.
+    if std::mem::take(&mut ws.check_tail) {
+        let tail = std::mem::take(&mut ws.tail);
+        let (used, end) = parse_ws(&tail, &mut ws.frag, &mut ws.pings, Instant::now(), on_frame)?;
+        ws.tail = tail[used..].to_vec();
+        if let Some(reason) = end {
+            return Ok(Err(reason));
+        }
+        if used > 0 {
+            return Ok(Ok(()));
+        }
+    }
+    poll_fn(|cx| {
+        let WsReader {
+            read,
+            tail,
+            frag,
+            pings,
+            ..
+        } = &mut *ws;
+        if tail.len() > BIG_TAIL {
+            // A large frame: assemble it in the connection's own buffer.
+            let len = tail.len();
+            tail.resize(len + 64 * 1024, 0);
+            let mut buf = ReadBuf::new(&mut tail[len..]);
+            let polled = Pin::new(&mut *read).poll_read(cx, &mut buf);
+            let n = buf.filled().len();
+            tail.truncate(len + n);
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(())) if n == 0 => {
+                    return Poll::Ready(Ok(Err("the server closed the connection".into())));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            let (used, end) = parse_ws(tail, frag, pings, Instant::now(), on_frame)?;
+            tail.drain(..used);
+            return Poll::Ready(Ok(end.map_or(Ok(()), Err)));
+        }
+        READ.with_borrow_mut(|buf| {
+            let carried = tail.len();
+            buf[..carried].copy_from_slice(tail);
+            let mut read_buf = ReadBuf::new(&mut buf[carried..]);
+            match Pin::new(&mut *read).poll_read(cx, &mut read_buf) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(Err("the server closed the connection".into())));
+                    }
+                    let data = &buf[..carried + n];
+                    let (used, end) = parse_ws(data, frag, pings, Instant::now(), on_frame)?;
+                    tail.clear();
+                    tail.extend_from_slice(&data[used..]);
+                    Poll::Ready(Ok(end.map_or(Ok(()), Err)))
+                }
+            }
+        })
+    })
+    .await
+}
+
+/// Split `data` into WebSocket frames; returns the bytes used and, after a close frame, its
+/// reason.
+fn parse_ws<F: FnMut(&[u8], Instant)>(
+    data: &[u8],
+    frag: &mut Vec<u8>,
+    pings: &mut Vec<Vec<u8>>,
+    now: Instant,
+    on_frame: &mut F,
+) -> anyhow::Result<(usize, Option<String>)> {
+    let mut pos = 0;
+    loop {
+        let b = &data[pos..];
+        let Some(&[b0, b1]) = b.first_chunk::<2>() else {
+            break;
+        };
+        if b1 & 0x80 != 0 {
+            bail!("the server sent a masked WebSocket frame");
+        }
+        let (len, header) = match b1 & 0x7f {
+            126 => match b.get(2..4) {
+                Some(l) => (usize::from(u16::from_be_bytes([l[0], l[1]])), 4),
+                None => break,
+            },
+            127 => match b.get(2..10) {
+                Some(l) => (
+                    usize::try_from(u64::from_be_bytes(l.try_into()?)).unwrap_or(usize::MAX),
+                    10,
+                ),
+                None => break,
+            },
+            n => (usize::from(n), 2),
+        };
+        if len > MAX_FRAME {
+            bail!("the server sent a WebSocket frame of {len} bytes");
+        }
+        let Some(payload) = b.get(header..header + len) else {
+            break;
+        };
+        pos += header + len;
+        let fin = b0 & 0x80 != 0;
+        match b0 & 0x0f {
+            0x1 | 0x2 if fin && frag.is_empty() => on_frame(payload, now),
+            0x0..=0x2 => {
+                frag.extend_from_slice(payload);
+                if frag.len() > MAX_FRAME {
+                    bail!("the server sent a fragmented message over {MAX_FRAME} bytes");
+                }
+                if fin {
+                    on_frame(frag, now);
+                    frag.clear();
+                }
+            }
+            0x8 => {
+                let reason = match payload {
+                    [a, b, reason @ ..] => format!(
+                        "closed {}: {}",
+                        u16::from_be_bytes([*a, *b]),
+                        String::from_utf8_lossy(reason)
+                    ),
+                    _ => "closed".into(),
+                };
+                return Ok((pos, Some(reason)));
+            }
+            0x9 => pings.push(payload.to_vec()),
+            0xa => {}
+            op => bail!("the server sent a WebSocket frame with opcode {op}"),
+        }
+    }
+    Ok((pos, None))
+}
+
+/// Append one masked client frame; `mask` is the xorshift state that picks a fresh key per frame.
+fn encode_ws(buf: &mut Vec<u8>, mask: &mut u32, opcode: u8, payload: &[u8]) {
+    buf.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => buf.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            buf.push(0x80 | 126);
+            buf.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            buf.push(0x80 | 127);
+            buf.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mut m = *mask;
+    m ^= m << 13;
+    m ^= m >> 17;
+    m ^= m << 5;
+    *mask = m;
+    let key = m.to_ne_bytes();
+    buf.extend_from_slice(&key);
+    let start = buf.len();
+    buf.extend_from_slice(payload);
+    for (i, byte) in buf[start..].iter_mut().enumerate() {
+        *byte ^= key[i & 3];
+    }
+}
+
+impl Writer {
+    /// Queue one frame (a protocol frame payload); `flush` sends it.
+    pub fn push(&mut self, payload: &[u8]) {
+        match self.inner {
+            WriterInner::Ws(_) => {
+                let opcode = if payload.first() == Some(&b'{') {
+                    0x1
+                } else {
+                    0x2
+                };
+                self.push_ws(opcode, payload);
+            }
+            WriterInner::Quic { .. } => {
+                let len = u32::try_from(payload.len()).expect("frames are smaller than 4 GiB");
+                self.buf.extend_from_slice(&len.to_be_bytes());
+                self.buf.extend_from_slice(payload);
+            }
+        }
+    }
+
+    fn push_ws(&mut self, opcode: u8, payload: &[u8]) {
+        encode_ws(&mut self.buf, &mut self.mask, opcode, payload);
+    }
+
+    /// Queue a WebSocket pong (no-op on QUIC).
+    pub fn pong(&mut self, payload: &[u8]) {
+        if let WriterInner::Ws(_) = self.inner {
+            self.push_ws(0xa, payload);
+        }
+    }
+
+    /// Bytes queued and not yet flushed.
+    pub fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Write everything queued.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        match &mut self.inner {
+            WriterInner::Ws(write) => write.write_all(&self.buf).await?,
+            WriterInner::Quic { send, .. } => send.write_all(&self.buf).await?,
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Queue and flush one frame.
+    pub async fn send(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        self.push(payload);
+        self.flush().await
+    }
+
+    /// End the connection politely: a WebSocket close frame, or a QUIC close with code 0.
+    pub async fn close(mut self) {
+        match &mut self.inner {
+            WriterInner::Ws(_) => {
+                self.buf.clear();
+                self.push_ws(0x8, &1000u16.to_be_bytes());
+                let _ = self.flush().await;
+                if let WriterInner::Ws(write) = &mut self.inner {
+                    let _ = write.shutdown().await;
+                }
+            }
+            WriterInner::Quic { connection, .. } => connection.close(0u32.into(), b""),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=65535 => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn splits_frames_across_any_boundary() {
+        let big = vec![b'y'; 70_000];
+        let mut wire = frame(true, 1, b"{\"a\":1}");
+        wire.extend(frame(true, 2, &[0x80]));
+        wire.extend(frame(true, 9, b"p"));
+        wire.extend(frame(false, 1, b"{\"b\""));
+        wire.extend(frame(true, 0, b":2}"));
+        wire.extend(frame(true, 1, &vec![b'z'; 300]));
+        wire.extend(frame(true, 2, &big));
+        wire.extend(frame(true, 8, b"\x03\xe8bye"));
+        for cut in [1, 2, 3, 7, 100, 1000, wire.len()] {
+            let (mut frag, mut pings, mut got) = (Vec::new(), Vec::new(), Vec::<Vec<u8>>::new());
+            let mut carried = Vec::new();
+            let mut end = None;
+            for piece in wire.chunks(cut) {
+                carried.extend_from_slice(piece);
+                let (used, e) = parse_ws(
+                    &carried,
+                    &mut frag,
+                    &mut pings,
+                    Instant::now(),
+                    &mut |f, _| got.push(f.to_vec()),
+                )
+                .unwrap();
+                carried.drain(..used);
+                if e.is_some() {
+                    end = e;
+                    break;
+                }
+            }
+            assert_eq!(got.len(), 5, "cut {cut}");
+            assert_eq!(got[2], b"{\"b\":2}");
+            assert_eq!(got[4], big);
+            assert_eq!(pings, vec![b"p".to_vec()]);
+            assert_eq!(end.as_deref(), Some("closed 1000: bye"));
+        }
+    }
+
+    #[test]
+    fn client_frames_are_masked() {
+        let mut mask = 12345u32;
+        for payload in [
+            &b"{\"type\":\"pong\"}"[..],
+            &[0x81; 300][..],
+            &[7; 70_000][..],
+        ] {
+            let mut buf = Vec::new();
+            encode_ws(&mut buf, &mut mask, 1, payload);
+            let (len, header) = match buf[1] & 0x7f {
+                126 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            assert_eq!((buf[0], buf[1] & 0x80, len), (0x81, 0x80, payload.len()));
+            let key = &buf[header..header + 4];
+            let unmasked: Vec<u8> = buf[header + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i & 3])
+                .collect();
+            assert_eq!(unmasked, payload);
+            assert_ne!(&buf[header + 4..], payload, "the key is not zero");
+        }
+    }
+}

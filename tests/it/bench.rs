@@ -1,0 +1,117 @@
+//! `chorus bench` in-process against a real server: the fan-out scenario over both transports
+//! and the connections scenario.
+
+use crate::util::{TestServer, Tr};
+use chorus::bench::{BenchArgs, Scenario};
+use clap::Parser;
+
+async fn server() -> TestServer {
+    TestServer::with(|c| {
+        c.rate_per_sec = 1_000_000;
+        c.rate_burst = 1_000_000;
+    })
+    .await
+}
+
+/// Parse `chorus bench <args>` pointed at `s` over `tr`, with tokens minted from its secret.
+fn args(s: &TestServer, tr: Tr, args: &[&str]) -> Scenario {
+    let data_dir = s.shared.config.data_dir.display().to_string();
+    let mut argv = vec!["bench".to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv.extend(["--data-dir".into(), data_dir]);
+    match tr {
+        Tr::Ws => argv.extend(["--url".into(), s.ws_url()]),
+        Tr::Quic => argv.extend(["--quic".into(), s.quic.to_string()]),
+    }
+    argv.extend([
+        "--json".into(),
+        "--server-pid".into(),
+        std::process::id().to_string(),
+    ]);
+    BenchArgs::try_parse_from(argv).unwrap().scenario
+}
+
+async fn fanout(tr: Tr) {
+    let s = server().await;
+    let scenario = args(
+        &s,
+        tr,
+        &[
+            "fanout", "-s", "20", "-p", "1", "-r", "200", "-d", "1", "--warmup", "0.2",
+        ],
+    );
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let step = &report.steps[0];
+    assert!(step.pass, "{}", report.render());
+    let published = step.counter("published");
+    assert!((150..=250).contains(&published), "{}", report.render());
+    assert_eq!(step.counter("sent"), published);
+    assert_eq!(step.counter("received"), published * 20);
+    assert_eq!(step.counter("lost"), 0);
+    assert_eq!(step.counter("duplicates"), 0);
+    assert_eq!(step.counter("offset_gaps"), 0);
+    assert!(step.errors.is_empty(), "{:?}", step.errors);
+    let latency = step.latency.as_ref().unwrap();
+    assert_eq!(latency.count, published * 20);
+    assert!(step.usage.server.is_some());
+    // The JSON form carries every figure.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["steps"][0]["counters"]["received"], published * 20);
+    assert_eq!(json["summary"]["pass"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_ws() {
+    fanout(Tr::Ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_quic() {
+    fanout(Tr::Quic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_msgpack_ladder() {
+    let s = server().await;
+    let scenario = args(
+        &s,
+        Tr::Ws,
+        &[
+            "fanout",
+            "-s",
+            "5",
+            "-p",
+            "2",
+            "-b",
+            "300",
+            "--encoding",
+            "msgpack",
+            "--ladder",
+            "100,300",
+            "-d",
+            "0.5",
+            "--warmup",
+            "0",
+        ],
+    );
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.steps.len(), 2, "{}", report.render());
+    for step in &report.steps {
+        assert!(step.pass, "{}", report.render());
+        assert_eq!(step.counter("received"), step.counter("published") * 5);
+    }
+    assert_eq!(report.summary["saturation"]["step"], "300/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections() {
+    let s = server().await;
+    let scenario = args(&s, Tr::Ws, &["connections", "-n", "200", "--hold", "0.5"]);
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let step = &report.steps[0];
+    assert!(step.pass, "{}", report.render());
+    assert_eq!(step.counter("connected"), 200);
+    assert_eq!(report.summary["connected"], 200);
+    assert!(report.summary["server_rss_per_connection_kib"].is_number());
+    assert_eq!(step.latency.as_ref().unwrap().count, 200);
+}
