@@ -54,8 +54,8 @@ pub struct Config {
     pub client_timeout_ms: u64,
     /// Time to send `hello` after connecting, in milliseconds. Default 10,000.
     pub hello_timeout_ms: u64,
-    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap.
-    /// Default 4 KiB.
+    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap;
+    /// larger frames are read in several steps. Default 1 KiB.
     pub ws_read_buffer: usize,
 }
 
@@ -78,7 +78,7 @@ impl Default for Config {
             heartbeat_ms: 25_000,
             client_timeout_ms: 60_000,
             hello_timeout_ms: 10_000,
-            ws_read_buffer: 4096,
+            ws_read_buffer: 1024,
         }
     }
 }

@@ -10,14 +10,13 @@ use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, encode_server};
 use crate::server::Shared;
 use crate::session::{Output, Session};
 use crate::spaces::ServiceError;
-use crate::users::Control;
+use crate::users::{Control, Mailbox};
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -119,15 +118,15 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span(),
         );
         tracing::debug!("connected");
-        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let mailbox = Arc::new(Mailbox::default());
         let mut conn = Conn {
             shared: shared.clone(),
             session,
             outbox: outbox.clone(),
-            control,
+            mailbox,
             registered: None,
         };
-        conn.read_loop(reader, control_rx, &metrics).await;
+        conn.read_loop(reader, &metrics).await;
         for channel in conn.session.subscriptions() {
             shared.hub.unsubscribe(channel, id);
         }
@@ -147,27 +146,20 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
     .await
 }
 
-/// Control messages queued per connection; a full queue closes the connection instead.
-const CONTROL_QUEUE: usize = 16;
-
 struct Conn {
     shared: Arc<Shared>,
     session: Session,
     outbox: Arc<Outbox>,
     /// Where other tasks reach this connection, once registered under its user.
-    control: mpsc::Sender<Control>,
+    mailbox: Arc<Mailbox>,
     registered: Option<String>,
 }
 
 impl Conn {
-    async fn read_loop<R: FrameReader>(
-        &mut self,
-        mut reader: R,
-        mut control: mpsc::Receiver<Control>,
-        metrics: &TransportMetrics,
-    ) {
+    async fn read_loop<R: FrameReader>(&mut self, mut reader: R, metrics: &TransportMetrics) {
         let shutdown = self.shared.shutdown.clone();
         let closed = self.outbox.closed_token();
+        let mailbox = self.mailbox.clone();
         loop {
             let deadline = self.session.poll_timeout().map(Instant::from_std);
             tokio::select! {
@@ -194,7 +186,11 @@ impl Conn {
                     }
                 },
                 _ = sleep_until(deadline) => self.session.handle_timeout(std::time::Instant::now()),
-                Some(Control::Revoke { space, reason }) = control.recv() => self.revoke(&space, &reason),
+                controls = mailbox.take() => {
+                    for Control::Revoke { space, reason } in controls {
+                        self.revoke(&space, &reason);
+                    }
+                }
                 _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
                 _ = closed.cancelled() => return,
             }
@@ -232,13 +228,15 @@ impl Conn {
             tracing::Span::current().record("user", user.as_str());
             self.shared
                 .users
-                .register(&user, self.control.clone(), self.outbox.clone());
+                .register(&user, self.mailbox.clone(), self.outbox.clone());
             self.registered = Some(user);
         }
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Send(frame) => self.send(&frame),
-                Output::Execute(request) => match self.execute(&request).await {
+                // Boxed: the request's future is large and lives only while it runs, so idle
+                // connections do not carry its state.
+                Output::Execute(request) => match Box::pin(self.execute(&request)).await {
                     Ok(result) => self
                         .session
                         .reply(request.id().expect("executed frames are requests"), result),

@@ -3,8 +3,9 @@
 use crate::hub::{CloseReason, Outbox};
 use crate::protocol::ErrorCode;
 use dashmap::DashMap;
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// What another task may ask of a connection.
 #[derive(Debug, Clone)]
@@ -13,9 +14,44 @@ pub enum Control {
     Revoke { space: String, reason: String },
 }
 
+/// Control messages queued for one connection; its reader drains them.
+#[derive(Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Control>>,
+    ready: Notify,
+}
+
+/// Messages a mailbox holds before the connection counts as unable to keep up.
+const MAILBOX_CAP: usize = 16;
+
+impl Mailbox {
+    /// Queue `control`; false if the mailbox is full.
+    fn post(&self, control: Control) -> bool {
+        let mut queue = self.queue.lock().expect("mailbox lock is never poisoned");
+        if queue.len() >= MAILBOX_CAP {
+            return false;
+        }
+        queue.push_back(control);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Wait until something is queued, then take it all.
+    pub async fn take(&self) -> VecDeque<Control> {
+        loop {
+            let taken =
+                std::mem::take(&mut *self.queue.lock().expect("mailbox lock is never poisoned"));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 struct Entry {
-    conn: u64,
-    control: mpsc::Sender<Control>,
+    mailbox: Arc<Mailbox>,
     outbox: Arc<Outbox>,
 }
 
@@ -25,27 +61,22 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn register(&self, user: &str, control: mpsc::Sender<Control>, outbox: Arc<Outbox>) {
-        let conn = outbox.id();
+    pub fn register(&self, user: &str, mailbox: Arc<Mailbox>, outbox: Arc<Outbox>) {
         self.connections
             .entry(user.to_string())
             .or_default()
-            .push(Entry {
-                conn,
-                control,
-                outbox,
-            });
+            .push(Entry { mailbox, outbox });
     }
 
     pub fn unregister(&self, user: &str, conn: u64) {
         self.connections.remove_if_mut(user, |_, entries| {
-            entries.retain(|e| e.conn != conn);
+            entries.retain(|e| e.outbox.id() != conn);
             entries.is_empty()
         });
     }
 
-    /// Revoke `user`'s access to `space` on every open connection. A connection whose control
-    /// queue is full cannot be trusted to apply it in time, so it is closed instead.
+    /// Revoke `user`'s access to `space` on every open connection. A connection whose mailbox
+    /// is full cannot be trusted to apply it in time, so it is closed instead.
     pub fn revoke(&self, user: &str, space: &str, reason: &str) {
         let Some(entries) = self.connections.get(user) else {
             return;
@@ -55,7 +86,7 @@ impl Users {
             reason: reason.to_string(),
         };
         for entry in entries.iter() {
-            if entry.control.try_send(control.clone()).is_err() {
+            if !entry.mailbox.post(control.clone()) {
                 entry
                     .outbox
                     .close(CloseReason::abort(ErrorCode::Forbidden, reason, true));
