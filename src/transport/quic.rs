@@ -111,8 +111,44 @@ pub fn endpoint(config: &Config) -> anyhow::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(config)?));
-    quinn::Endpoint::server(server, config.quic_listen)
-        .with_context(|| format!("cannot listen on {} (UDP)", config.quic_listen))
+    let socket = udp_socket(config.quic_listen)
+        .with_context(|| format!("cannot listen on {} (UDP)", config.quic_listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )?)
+}
+
+/// Socket buffers for one UDP socket that carries every QUIC connection: with the kernel's
+/// default (~208 KiB), a burst of handshakes overflows it and packets are dropped.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // The kernel caps the sizes at net.core.rmem_max / wmem_max; smaller buffers still work.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    if let Ok(got) = socket.recv_buffer_size()
+        && got < UDP_BUFFER
+    {
+        tracing::info!(
+            got,
+            wanted = UDP_BUFFER,
+            "UDP receive buffer capped by the kernel; raise net.core.rmem_max for handshake bursts"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accept connections until shutdown.
