@@ -57,6 +57,36 @@ pub struct Config {
     /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap;
     /// larger frames are read in several steps. Default 1 KiB.
     pub ws_read_buffer: usize,
+    /// Presence: a user whose devices all reported no activity for this long is away, in
+    /// milliseconds. Default 300,000 (5 minutes); 100 to 86,400,000.
+    pub presence_idle_timeout_ms: u64,
+    /// Presence: how long a closed connection still counts, so a reconnect within it shows no
+    /// offline/online pair, in milliseconds. Default 5,000; 0 to 600,000.
+    pub presence_grace_ms: u64,
+    /// Presence: changes reach each subscriber at most once per this interval, batched, in
+    /// milliseconds. Default 500; 10 to 60,000.
+    pub presence_flush_ms: u64,
+    /// Presence: a connection's typing events are accepted at most once per this interval, in
+    /// milliseconds. Default 1,000; 0 to 60,000.
+    pub presence_typing_interval_ms: u64,
+    /// Presence: a typing indicator disappears this long after its last refresh, in
+    /// milliseconds. Default 5,000; 100 to 600,000.
+    pub presence_typing_timeout_ms: u64,
+    /// Presence: entries each scope keeps for subscribers resuming from an offset.
+    /// Default 4,096; 16 to 1,048,576.
+    pub presence_log_entries: usize,
+    /// Presence: how long a scope without subscribers (and its log) is kept, so reconnecting
+    /// subscribers can resume, in milliseconds. Default 60,000; 0 to 86,400,000.
+    pub presence_scope_retention_ms: u64,
+    /// Presence: the most users a `users` scope may list. Default 1,000; 1 to 100,000.
+    pub presence_max_scope_users: usize,
+    /// Presence: the most rooms one connection may be in at once. Default 256; 1 to 65,536.
+    pub presence_max_rooms: usize,
+    /// Presence: commands (connects, disconnects, requests) queued for the presence task.
+    /// Requests that find it full get `rate_limited`. Default 8,192; 16 to 1,048,576.
+    pub presence_queue: usize,
+    /// Chat: the largest message body, in bytes. Default 16,384; 1 to 1,048,576.
+    pub chat_max_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -79,6 +109,17 @@ impl Default for Config {
             client_timeout_ms: 60_000,
             hello_timeout_ms: 10_000,
             ws_read_buffer: 1024,
+            presence_idle_timeout_ms: 300_000,
+            presence_grace_ms: 5_000,
+            presence_flush_ms: 500,
+            presence_typing_interval_ms: 1_000,
+            presence_typing_timeout_ms: 5_000,
+            presence_log_entries: 4_096,
+            presence_scope_retention_ms: 60_000,
+            presence_max_scope_users: 1_000,
+            presence_max_rooms: 256,
+            presence_queue: 8_192,
+            chat_max_body_bytes: 16 * 1024,
         }
     }
 }
@@ -147,6 +188,57 @@ impl Config {
         )?;
         in_range("hello_timeout_ms", self.hello_timeout_ms, 10, 600_000)?;
         in_range("ws_read_buffer", self.ws_read_buffer as u64, 256, 1 << 20)?;
+        in_range(
+            "presence_idle_timeout_ms",
+            self.presence_idle_timeout_ms,
+            100,
+            86_400_000,
+        )?;
+        in_range("presence_grace_ms", self.presence_grace_ms, 0, 600_000)?;
+        in_range("presence_flush_ms", self.presence_flush_ms, 10, 60_000)?;
+        in_range(
+            "presence_typing_interval_ms",
+            self.presence_typing_interval_ms,
+            0,
+            60_000,
+        )?;
+        in_range(
+            "presence_typing_timeout_ms",
+            self.presence_typing_timeout_ms,
+            100,
+            600_000,
+        )?;
+        in_range(
+            "presence_log_entries",
+            self.presence_log_entries as u64,
+            16,
+            1 << 20,
+        )?;
+        in_range(
+            "presence_scope_retention_ms",
+            self.presence_scope_retention_ms,
+            0,
+            86_400_000,
+        )?;
+        in_range(
+            "presence_max_scope_users",
+            self.presence_max_scope_users as u64,
+            1,
+            100_000,
+        )?;
+        in_range(
+            "presence_max_rooms",
+            self.presence_max_rooms as u64,
+            1,
+            65_536,
+        )?;
+        in_range("presence_queue", self.presence_queue as u64, 16, 1 << 20)?;
+        in_range(
+            "chat_max_body_bytes",
+            self.chat_max_body_bytes as u64,
+            1,
+            1 << 20,
+        )?;
         if let Some(secret) = &self.secret
             && secret.len() < crate::auth::MIN_SECRET_LEN
         {
@@ -170,6 +262,29 @@ impl Config {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             client_timeout: Duration::from_millis(self.client_timeout_ms),
             hello_timeout: Duration::from_millis(self.hello_timeout_ms),
+        }
+    }
+
+    /// The chat rules' limits.
+    pub fn chat_limits(&self) -> crate::chat::rules::ChatLimits {
+        crate::chat::rules::ChatLimits {
+            max_body_bytes: self.chat_max_body_bytes,
+        }
+    }
+
+    /// The presence core's configuration.
+    pub fn presence(&self) -> presence::Config {
+        presence::Config {
+            idle_timeout: self.presence_idle_timeout_ms,
+            grace: self.presence_grace_ms,
+            flush_interval: self.presence_flush_ms,
+            typing_interval: self.presence_typing_interval_ms,
+            typing_timeout: self.presence_typing_timeout_ms,
+            log_entries: self.presence_log_entries,
+            scope_retention: self.presence_scope_retention_ms,
+            max_scope_users: self.presence_max_scope_users,
+            max_rooms: self.presence_max_rooms,
+            ..presence::Config::default()
         }
     }
 
@@ -212,6 +327,8 @@ mod tests {
             "secret = \"short\"",
             "nonsense = 1",
             "listen = \"nowhere\"",
+            "presence_flush_ms = 0",
+            "presence_grace_ms = 700000",
         ] {
             std::fs::write(&file, bad).unwrap();
             assert!(Config::load(Some(&file), ()).is_err(), "{bad}");

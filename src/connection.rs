@@ -132,6 +132,7 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
         }
         if let Some(user) = &conn.registered {
             shared.users.unregister(user, id);
+            Box::pin(shared.presence.disconnect(id)).await;
         }
         let abort = writer.abort_handle();
         if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
@@ -187,8 +188,13 @@ impl Conn {
                 },
                 _ = sleep_until(deadline) => self.session.handle_timeout(std::time::Instant::now()),
                 controls = mailbox.take() => {
-                    for Control::Revoke { space, reason } in controls {
-                        self.revoke(&space, &reason);
+                    for control in controls {
+                        match control {
+                            Control::Revoke { space, reason } => self.revoke(&space, &reason),
+                            Control::RevokeChannel { channel, reason } => {
+                                self.revoke_channel(&channel, &reason)
+                            }
+                        }
                     }
                 }
                 _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
@@ -210,12 +216,20 @@ impl Conn {
         let channels: Vec<String> = self
             .session
             .subscriptions()
-            .filter(|c| ChannelRef::parse(c).is_ok_and(|c| c.space() == space))
+            .filter(|c| ChannelRef::parse(c).is_ok_and(|c| c.space() == Some(space)))
             .map(str::to_string)
             .collect();
         for channel in channels {
             self.shared.hub.unsubscribe(&channel, self.session.id());
             self.session.revoke(&channel, ErrorCode::Forbidden, reason);
+        }
+    }
+
+    /// End the subscription to `channel`, if any.
+    fn revoke_channel(&mut self, channel: &str, reason: &str) {
+        if self.session.subscriptions().any(|c| c == channel) {
+            self.shared.hub.unsubscribe(channel, self.session.id());
+            self.session.revoke(channel, ErrorCode::Forbidden, reason);
         }
     }
 
@@ -230,10 +244,35 @@ impl Conn {
                 .users
                 .register(&user, self.mailbox.clone(), self.outbox.clone());
             self.registered = Some(user);
+            let presence = self.shared.presence.connect(
+                &self.shared.spaces,
+                self.session.id(),
+                claims,
+                self.outbox.clone(),
+            );
+            Box::pin(presence).await;
         }
         while let Some(output) = self.session.poll_output() {
             match output {
                 Output::Send(frame) => self.send(&frame),
+                // The presence task queues the reply itself, so a subscription's snapshot
+                // comes before its first update.
+                Output::Execute(ClientFrame::Presence(request)) => {
+                    let id = request.id();
+                    let claims = self
+                        .session
+                        .claims()
+                        .expect("requests run on ready sessions");
+                    let done = self.shared.presence.execute(
+                        &self.shared.spaces,
+                        claims,
+                        self.session.id(),
+                        request,
+                    );
+                    if let Err(e) = Box::pin(done).await {
+                        self.send(&ServerFrame::error(Some(id), e.code, e.message));
+                    }
+                }
                 // Boxed: the request's future is large and lives only while it runs, so idle
                 // connections do not carry its state.
                 Output::Execute(request) => match Box::pin(self.execute(&request)).await {
@@ -271,6 +310,13 @@ impl Conn {
             .expect("requests run only on ready sessions")
             .clone();
         Ok(match request {
+            ClientFrame::Subscribe { channel, from, .. } if channel.starts_with("room:") => {
+                let shared = &self.shared;
+                shared
+                    .chat
+                    .subscribe(&shared.spaces, &claims, channel, *from, &self.outbox)
+                    .await?
+            }
             ClientFrame::Subscribe { channel, .. } => {
                 self.shared
                     .authorize_channel(&claims, Action::Subscribe, channel)
@@ -290,9 +336,18 @@ impl Conn {
                 self.shared.publish(&claims, channel, data).await?
             }
             ClientFrame::Space(request) => self.shared.space_request(&claims, request).await?,
+            ClientFrame::Chat(request) => {
+                let shared = &self.shared;
+                let now_ms = crate::server::unix_ms();
+                shared
+                    .chat
+                    .execute(&shared.spaces, &shared.users, &claims, request, now_ms)
+                    .await?
+            }
             ClientFrame::Hello { .. } | ClientFrame::Ping { .. } | ClientFrame::Pong => {
                 unreachable!("the session answers these itself")
             }
+            ClientFrame::Presence(_) => unreachable!("drain_outputs hands these to presence"),
         })
     }
 }

@@ -32,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             put(add_member).delete(remove_member),
         )
         .route("/api/publish", post(publish))
+        .merge(crate::chat::http::routes())
         .fallback(|| async { ApiError(ServiceError::new(ErrorCode::NotFound, "no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.config.max_frame_bytes,
@@ -54,7 +55,7 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) -> st
 }
 
 /// An API error as a response.
-struct ApiError(ServiceError);
+pub(crate) struct ApiError(pub(crate) ServiceError);
 
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
@@ -84,10 +85,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The claims of a bearer token, checked before any handler runs.
-struct Authed(Claims);
+pub(crate) struct Authed(pub(crate) Claims);
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers

@@ -5,13 +5,15 @@ use crate::access::{Action, Claims};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, LocalBus};
 use crate::channel::ChannelRef;
+use crate::chat::Chat;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence_service::PresenceService;
 use crate::protocol::{ErrorCode, SpaceRequest};
 use crate::spaces::ServiceError;
 use crate::spaces::Spaces;
-use crate::store::{SqliteStore, Store};
+use crate::store::{ChatStore, SqliteStore, Store};
 use crate::users::Users;
 use crate::{datadir, http, transport};
 use anyhow::Context;
@@ -33,6 +35,10 @@ pub struct Shared {
     pub spaces: Spaces,
     /// Open connections by user.
     pub users: Users,
+    /// Who is online, where, and typing; told of connections and membership changes.
+    pub presence: Arc<PresenceService>,
+    /// Persistent chat: rooms and their streams.
+    pub chat: Chat,
     pub metrics: Arc<Metrics>,
     /// Fires when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -57,10 +63,33 @@ impl Shared {
     ) -> Result<(), ServiceError> {
         let channel =
             ChannelRef::parse(channel).map_err(|m| ServiceError::new(ErrorCode::BadChannel, m))?;
-        self.spaces
-            .check(claims, action, channel.space())
-            .await
-            .map(drop)
+        if let ChannelRef::User { org, user } = channel {
+            if action != Action::Subscribe {
+                return Err(ServiceError::new(
+                    ErrorCode::Forbidden,
+                    "personal channels carry the server's events only",
+                ));
+            }
+            crate::access::authorize(claims, Action::SubscribePersonal { org, user }, None)?;
+            return Ok(());
+        }
+        if let ChannelRef::Room { space, room } = channel {
+            // A room's stream holds only what `chat.*` requests committed.
+            if action != Action::Subscribe {
+                return Err(ServiceError::new(
+                    ErrorCode::Forbidden,
+                    "room channels carry chat events only: use chat.send",
+                ));
+            }
+            return self
+                .chat
+                .authorize_read(&self.spaces, claims, space, room)
+                .await;
+        }
+        let space = channel
+            .space()
+            .expect("only personal channels have no space");
+        self.spaces.check(claims, action, space).await.map(drop)
     }
 
     /// Execute a `space.*` request for `claims`; the result is the reply body.
@@ -110,6 +139,8 @@ impl Shared {
         user: &str,
     ) -> Result<(), ServiceError> {
         self.spaces.remove_member(claims, space, user).await?;
+        // The store ended their room memberships in the space with it.
+        self.chat.left_space(space);
         self.users.revoke(user, space, "removed from the space");
         Ok(())
     }
@@ -181,15 +212,23 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     datadir::ensure(&config)?;
     let keys = Arc::new(TokenKeys::new(&datadir::token_secret(&config)?));
     let db = config.data_dir.join(datadir::DB_FILE);
-    let store: Arc<dyn Store> =
+    let sqlite =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let store: Arc<dyn Store> = sqlite.clone();
+    let chat_store: Arc<dyn ChatStore> = sqlite;
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
+    let chat = Chat::new(chat_store, hub.clone(), config.chat_limits());
+    let presence = Arc::new(PresenceService::new(&config, metrics.clone()));
+    let spaces = Spaces::new(store);
+    spaces.set_listener(presence.clone());
     Ok(Arc::new(Shared {
         bus: Arc::new(LocalBus::new(hub.clone())),
         hub,
-        spaces: Spaces::new(store),
+        spaces,
         users: Users::default(),
+        presence,
+        chat,
         keys,
         metrics,
         config,
@@ -218,6 +257,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<
             }
         })
     };
+    let presence = shared.presence.start(shared.shutdown.clone());
     let quic = tokio::spawn(transport::quic::accept_loop(
         shared.clone(),
         listeners.quic.clone(),
@@ -234,6 +274,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<
     listeners.quic.close(0u32.into(), b"server shutdown");
     let _ = quic.await;
     let _ = sweeper.await;
+    let _ = presence.await;
     listeners.quic.wait_idle().await;
     Ok(())
 }

@@ -6,8 +6,8 @@ use crate::channel::is_id;
 use crate::protocol::ErrorCode;
 use crate::store::{Member, Space, Store, StoreError};
 use dashmap::DashMap;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
 
 /// A failed operation: a stable code and a message safe to show the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,10 +46,21 @@ impl From<StoreError> for ServiceError {
 impl From<Denied> for ServiceError {
     fn from(e: Denied) -> Self {
         match e {
-            Denied::NoSuchSpace => ServiceError::new(ErrorCode::NotFound, e.to_string()),
+            Denied::NoSuchSpace | Denied::NoSuchRoom => {
+                ServiceError::new(ErrorCode::NotFound, e.to_string())
+            }
             Denied::Forbidden(_) => ServiceError::new(ErrorCode::Forbidden, e.to_string()),
         }
     }
+}
+
+/// Told of every membership change once it is committed (and the cache knows), so live state
+/// derived from memberships (presence) follows. The change's request is answered only after
+/// `memberships_changed` returns.
+#[async_trait::async_trait]
+pub trait MembershipListener: Send + Sync + 'static {
+    /// `user`'s memberships changed, for whichever organisation they were granted to.
+    async fn memberships_changed(&self, spaces: &Spaces, user: &str);
 }
 
 /// What the cache holds for one space.
@@ -64,6 +75,7 @@ pub struct Spaces {
     cache: DashMap<String, Arc<Entry>>,
     /// Bumped on every change to a space, so a load that raced with a change is not cached.
     generations: DashMap<String, u64>,
+    listener: OnceLock<Arc<dyn MembershipListener>>,
 }
 
 impl Spaces {
@@ -72,7 +84,36 @@ impl Spaces {
             store,
             cache: DashMap::new(),
             generations: DashMap::new(),
+            listener: OnceLock::new(),
         }
+    }
+
+    /// Set the one listener to membership changes; a second call is ignored.
+    pub fn set_listener(&self, listener: Arc<dyn MembershipListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    async fn changed(&self, user: &str) {
+        if let Some(listener) = self.listener.get() {
+            listener.memberships_changed(self, user).await;
+        }
+    }
+
+    /// The spaces `user` of `org` is a member of: memberships granted to another organisation
+    /// do not count (as in `access::authorize`). Read from the store, not the cache.
+    pub async fn memberships(
+        &self,
+        user: &str,
+        org: &str,
+    ) -> Result<BTreeSet<String>, ServiceError> {
+        Ok(self
+            .store
+            .memberships_of(user)
+            .await?
+            .into_iter()
+            .filter(|m| m.org == org)
+            .map(|m| m.space)
+            .collect())
     }
 
     fn generation(&self, id: &str) -> u64 {
@@ -105,6 +146,32 @@ impl Spaces {
             self.cache.insert(id.to_string(), entry.clone());
         }
         Ok(entry)
+    }
+
+    /// Space `id` and the caller's role in it (a membership granted to another organisation
+    /// does not count), or `None` if it does not exist: what a service that authorizes its own
+    /// actions within a space (chat rooms) passes to `access::authorize`.
+    pub async fn view(
+        &self,
+        claims: &Claims,
+        id: &str,
+    ) -> Result<Option<(Space, Option<Role>)>, ServiceError> {
+        Ok(self.entry(id).await?.map(|e| {
+            let role = e
+                .members
+                .get(&claims.sub)
+                .filter(|m| m.org == claims.org)
+                .map(|m| m.role);
+            (e.space.clone(), role)
+        }))
+    }
+
+    /// `user`'s membership of space `id`, if any.
+    pub async fn member(&self, id: &str, user: &str) -> Result<Option<Member>, ServiceError> {
+        Ok(self
+            .entry(id)
+            .await?
+            .and_then(|e| e.members.get(user).cloned()))
     }
 
     /// Decide `action` by `claims` on space `id`; returns the space when allowed.
@@ -162,6 +229,7 @@ impl Spaces {
         };
         self.store.create_space(space.clone(), &claims.sub).await?;
         self.invalidate(&id);
+        self.changed(&claims.sub).await;
         Ok(space)
     }
 
@@ -219,6 +287,7 @@ impl Spaces {
         };
         self.store.put_member(member.clone()).await?;
         self.invalidate(id);
+        self.changed(&member.user).await;
         Ok(member)
     }
 
@@ -233,6 +302,7 @@ impl Spaces {
         let existed = self.store.remove_member(id, user).await?;
         self.invalidate(id);
         if existed {
+            self.changed(user).await;
             Ok(())
         } else {
             Err(ServiceError::new(

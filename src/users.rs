@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 pub enum Control {
     /// Drop every subscription to channels of `space`: the user may no longer use them.
     Revoke { space: String, reason: String },
+    /// Drop the subscription to `channel` (e.g. the user left a private room).
+    RevokeChannel { channel: String, reason: String },
 }
 
 /// Control messages queued for one connection; its reader drains them.
@@ -78,12 +80,25 @@ impl Users {
     /// Revoke `user`'s access to `space` on every open connection. A connection whose mailbox
     /// is full cannot be trusted to apply it in time, so it is closed instead.
     pub fn revoke(&self, user: &str, space: &str, reason: &str) {
-        let Some(entries) = self.connections.get(user) else {
-            return;
-        };
         let control = Control::Revoke {
             space: space.to_string(),
             reason: reason.to_string(),
+        };
+        self.post(user, control, reason);
+    }
+
+    /// Revoke `user`'s access to one channel on every open connection, as `revoke` does.
+    pub fn revoke_channel(&self, user: &str, channel: &str, reason: &str) {
+        let control = Control::RevokeChannel {
+            channel: channel.to_string(),
+            reason: reason.to_string(),
+        };
+        self.post(user, control, reason);
+    }
+
+    fn post(&self, user: &str, control: Control, reason: &str) {
+        let Some(entries) = self.connections.get(user) else {
+            return;
         };
         for entry in entries.iter() {
             if !entry.mailbox.post(control.clone()) {

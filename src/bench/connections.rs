@@ -8,7 +8,7 @@
 
 use super::report::{Latency, Report, Step, histogram, thousands};
 use super::scan::{self, Scanned};
-use super::target::{CommonArgs, PONG, Target, abort_all};
+use super::target::{CommonArgs, Target, abort_all};
 use super::usage::{self, Sampler};
 use super::wire::{Reader, Writer};
 use crate::protocol::ServerFrame;
@@ -63,7 +63,7 @@ async fn hold(mut reader: Reader, mut writer: Writer, ends: Arc<Mutex<BTreeMap<S
             Err(e) => break format!("read failed: {e}"),
         }
         if ping {
-            writer.push(PONG);
+            writer.answer_ping();
         }
         for payload in reader.take_pings() {
             writer.pong(&payload);

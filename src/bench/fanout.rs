@@ -14,10 +14,14 @@
 //! (one lock per read, not per message) and answer pings. Publishers pace themselves in ticks
 //! (`--tick-ms`), writing each tick's messages with one write, and count replies and errors
 //! (`rate_limited` above all) without waiting for them.
+//!
+//! With `--target nats` the same code runs against nats-server (see `nats`): messages are
+//! `PUB`s with the same stamp as payload, a publisher's batch counts as published at the `PONG`
+//! answering the `PING` sent after it, and there are no offsets to check.
 
 use super::report::{Latency, Report, Step, histogram, thousands};
 use super::scan::{self, ChannelScanner, Scanned, Stamp, mp_write_str, mp_write_uint, write_stamp};
-use super::target::{CommonArgs, PONG, Target, abort_all};
+use super::target::{CommonArgs, Target, TargetKind, abort_all};
 use super::usage::Sampler;
 use super::wire::{Reader, Writer};
 use crate::protocol::{Encoding, ServerFrame};
@@ -25,7 +29,7 @@ use anyhow::bail;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -43,7 +47,9 @@ const FOREIGN: u32 = u32::MAX;
 Load tests need a server without the default per-connection rate limit (500 frames/s):
   CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 taskset -c 0 chorus serve
   taskset -c 1 chorus bench fanout -s 100 --ladder 10k*1.5 --server-pid $(pgrep -f 'chorus serve')
-Rates are messages published per second over all publishers; deliveries/s = rate x subscribers.")]
+Rates are messages published per second over all publishers; deliveries/s = rate x subscribers.
+The same scenario against nats-server's websocket listener (websocket { port: 8080, no_tls: true }):
+  taskset -c 1 chorus bench fanout --target nats --url ws://127.0.0.1:8080 -s 100 --ladder 10k*1.5")]
 pub struct FanoutArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -72,7 +78,7 @@ pub struct FanoutArgs {
     /// Most steps of a START*FACTOR ladder.
     #[arg(long, default_value_t = 20)]
     pub max_steps: usize,
-    /// Topic of the channel `topic:<space>/<topic>`.
+    /// Topic of the channel `topic:<space>/<topic>` (NATS: subject `<space>.<topic>`).
     #[arg(long, default_value = "fanout")]
     pub topic: String,
     /// Publishers write every this many milliseconds.
@@ -263,9 +269,12 @@ struct SubState {
 }
 
 impl SubState {
-    fn on_message(&mut self, offset: u64, stamp: Option<Stamp>, now: Instant) -> Rec {
-        let offset_gap = offset != self.last_offset.wrapping_add(1);
-        self.last_offset = offset;
+    /// `offset`: none on targets without offsets (NATS).
+    fn on_message(&mut self, offset: Option<u64>, stamp: Option<Stamp>, now: Instant) -> Rec {
+        let offset_gap = offset.is_some_and(|o| o != self.last_offset.wrapping_add(1));
+        if let Some(o) = offset {
+            self.last_offset = o;
+        }
         let stamp = stamp.filter(|s| (s.publisher as usize) < self.expected.len());
         let Some(s) = stamp else {
             return Rec {
@@ -315,7 +324,7 @@ async fn subscriber(
                     }
                 }
                 Scanned::Ping => ping = true,
-                Scanned::Reply { .. } => {}
+                Scanned::Reply { .. } | Scanned::Pong => {}
                 Scanned::Other => others.push(frame.to_vec()),
             })
             .await;
@@ -332,6 +341,11 @@ async fn subscriber(
                         .ends
                         .entry(code.as_str().to_string())
                         .or_insert(0) += 1;
+                }
+                None => {
+                    if let Some(e) = super::nats::error(&frame) {
+                        *lock(shard).ends.entry(e).or_insert(0) += 1;
+                    }
                 }
                 _ => {}
             }
@@ -353,7 +367,7 @@ async fn subscriber(
             return;
         }
         if ping {
-            writer.push(PONG);
+            writer.answer_ping();
         }
         for payload in reader.take_pings() {
             writer.pong(&payload);
@@ -396,6 +410,9 @@ struct PubPhase {
 struct PubStats {
     phases: Vec<PubPhase>,
     ended: Option<String>,
+    /// NATS: batches (phase, messages) sent and followed by a `PING`, oldest first; each `PONG`
+    /// counts the oldest as published.
+    unacked: VecDeque<(u32, u64)>,
 }
 
 impl PubStats {
@@ -411,6 +428,7 @@ impl PubStats {
 /// What every publisher needs to build its frames.
 #[derive(Clone)]
 struct PubJob {
+    kind: TargetKind,
     base: Instant,
     channel: String,
     encoding: Encoding,
@@ -420,6 +438,12 @@ struct PubJob {
 
 impl PubJob {
     fn encode(&self, out: &mut Vec<u8>, stamp: Stamp) {
+        if self.kind == TargetKind::Nats {
+            let mut payload = Vec::with_capacity(self.size + 64);
+            write_stamp(&mut payload, Encoding::Json, stamp, self.size);
+            super::nats::push_pub(out, &self.channel, &payload);
+            return;
+        }
         let id = (u64::from(stamp.phase) << SEQ_BITS) | (stamp.seq & ((1 << SEQ_BITS) - 1));
         match self.encoding {
             Encoding::Json => {
@@ -493,6 +517,10 @@ async fn publisher(
                             w.push(&frame);
                             seq += 1;
                         }
+                        if job.kind == TargetKind::Nats {
+                            w.push(super::nats::PING);
+                            lock(&stats).unacked.push_back((phase, n));
+                        }
                         let flushed = w.flush().await;
                         drop(w);
                         if let Err(e) = flushed {
@@ -530,9 +558,11 @@ async fn publisher_replies(
     let mut others: Vec<Vec<u8>> = Vec::new();
     loop {
         let mut ping = false;
+        let mut pongs = 0;
         let read = reader
             .read(&mut |frame, _| match scan::scan(frame) {
                 Scanned::Reply { id } => ok.push(id),
+                Scanned::Pong => pongs += 1,
                 Scanned::Ping => ping = true,
                 Scanned::Message { .. } => {}
                 Scanned::Other => others.push(frame.to_vec()),
@@ -544,7 +574,17 @@ async fn publisher_replies(
             for id in ok.drain(..) {
                 s.phase((id >> SEQ_BITS) as u32).ok += 1;
             }
+            for _ in 0..pongs {
+                if let Some((phase, n)) = s.unacked.pop_front() {
+                    s.phase(phase).ok += n;
+                }
+            }
             for frame in others.drain(..) {
+                if let Some(e) = super::nats::error(&frame) {
+                    let phase = s.phases.len().saturating_sub(1) as u32;
+                    *s.phase(phase).errors.entry(e).or_insert(0) += 1;
+                    continue;
+                }
                 match scan::decode(&frame) {
                     Some(ServerFrame::Error { id, code, .. }) => {
                         // An error without id answers a frame the server could not read.
@@ -580,7 +620,7 @@ async fn publisher_replies(
         if ping || !pings.is_empty() {
             let mut w = writer.lock().await;
             if ping {
-                w.push(PONG);
+                w.answer_ping();
             }
             for payload in pings {
                 w.pong(&payload);
@@ -651,7 +691,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     let max_rate = rates.iter().copied().fold(0.0, f64::max);
 
     let space = target.prepare_space(s + p).await?;
-    let channel = format!("topic:{space}/{}", args.topic);
+    let channel = target.channel(&space, &args.topic)?;
     let base = Instant::now();
     let shards: Shards = Arc::new(
         (0..s.min(MAX_SHARDS))
@@ -668,15 +708,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             let (target, channel, shards) = (&target, &channel, shards.clone());
             async move {
                 let mut conn = target.connect(i).await?;
-                let reply = conn
-                    .request(json!({"type": "subscribe", "channel": channel}))
-                    .await?
-                    .map_err(|e| anyhow::anyhow!("subscribe refused: {e}"))?;
+                let offset = conn.subscribe(channel).await?;
                 let (reader, writer) = conn.into_parts();
                 let state = SubState {
                     base,
                     expected: vec![0; p],
-                    last_offset: reply["offset"].as_u64().unwrap_or(0),
+                    last_offset: offset.unwrap_or(0),
                 };
                 let scanner = ChannelScanner::new(channel);
                 Ok(tokio::spawn(subscriber(
@@ -723,6 +760,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
         tasks: JoinSet::new(),
     };
     let job = PubJob {
+        kind: target.kind,
         base,
         channel: channel.clone(),
         encoding: target.encoding,
@@ -849,7 +887,11 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             "p99_bound_ms": args.p99_bound_ms,
             "threads": args.common.threads,
             "channel": channel,
-            "tokens": if target.mints_tokens() { "minted" } else { "given" },
+            "tokens": match target.kind {
+                TargetKind::Nats => "none (nats)",
+                _ if target.mints_tokens() => "minted",
+                _ => "given",
+            },
             "unmeasured_messages": unmeasured,
         }),
         steps,
@@ -1081,23 +1123,27 @@ mod tests {
             t_ns: 0,
         };
         let now = base + Duration::from_millis(3);
-        let r = s.on_message(11, Some(stamp(0, 0)), now);
+        let r = s.on_message(Some(11), Some(stamp(0, 0)), now);
         assert!(!r.duplicate && !r.gap && !r.offset_gap);
         assert_eq!((r.phase, r.latency_us), (2, 3000));
-        let r = s.on_message(12, Some(stamp(1, 0)), now);
+        let r = s.on_message(Some(12), Some(stamp(1, 0)), now);
         assert!(!r.duplicate && !r.gap && !r.offset_gap);
-        let r = s.on_message(13, Some(stamp(0, 0)), now);
+        let r = s.on_message(Some(13), Some(stamp(0, 0)), now);
         assert!(r.duplicate && !r.gap);
-        let r = s.on_message(15, Some(stamp(0, 2)), now);
+        let r = s.on_message(Some(15), Some(stamp(0, 2)), now);
         assert!(!r.duplicate && r.gap && r.offset_gap);
-        let r = s.on_message(16, Some(stamp(7, 0)), now);
+        let r = s.on_message(Some(16), Some(stamp(7, 0)), now);
         assert_eq!(r.phase, FOREIGN);
+        // Without offsets (NATS), only the stamps count.
+        let r = s.on_message(None, Some(stamp(1, 1)), now);
+        assert!(!r.duplicate && !r.gap && !r.offset_gap);
     }
 
     #[test]
     fn publish_frames_decode_as_the_server_reads_them() {
         for encoding in Encoding::ALL {
             let job = PubJob {
+                kind: TargetKind::Chorus,
                 base: Instant::now(),
                 channel: "topic:s/t".into(),
                 encoding,

@@ -9,7 +9,9 @@
 //! - `scan`: reads offsets, stamps and reply ids from raw frames without decoding them.
 //! - `report`: `Report`/`Step` (latency summary, counters, errors, usage), table and JSON output.
 //! - `usage`: CPU and memory of the tool and the server, from `/proc`.
-//! - one module per scenario (`fanout`, `connections`): `XArgs` (clap) and
+//! - `nats`: the `--target nats` adapter (NATS client protocol over WebSocket), so scenarios
+//!   run unchanged against nats-server for comparison (`benches/compare.sh`).
+//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`): `XArgs` (clap) and
 //!   `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario` variant and a
 //!   match arm in `run`.
 //!
@@ -17,8 +19,11 @@
 //! 2-core machine the server gets one core and the tool the other:
 //! `taskset -c 0 chorus serve` and `taskset -c 1 chorus bench …`.
 
+pub mod chat;
 pub mod connections;
 pub mod fanout;
+pub mod nats;
+pub mod presence;
 pub mod report;
 pub mod scan;
 pub mod target;
@@ -59,6 +64,12 @@ pub enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Open N idle connections and report the server's memory per connection.
     Connections(connections::ConnectionsArgs),
+    /// Presence reconnect storm: N members drop and reconnect at once while watchers follow
+    /// their space; deltas delivered, time until every view is right, server CPU per change.
+    Presence(presence::PresenceArgs),
+    /// Persistent chat: acknowledged (durable) sends per second from pipelining members, then
+    /// history-page and search latency on the room (fill it with --room-messages).
+    Chat(chat::ChatArgs),
 }
 
 impl Scenario {
@@ -66,6 +77,8 @@ impl Scenario {
         match self {
             Scenario::Fanout(a) => &a.common,
             Scenario::Connections(a) => &a.common,
+            Scenario::Presence(a) => &a.common,
+            Scenario::Chat(a) => &a.common,
         }
     }
 
@@ -74,6 +87,8 @@ impl Scenario {
         match self {
             Scenario::Fanout(a) => fanout::run(a).await,
             Scenario::Connections(a) => connections::run(a).await,
+            Scenario::Presence(a) => presence::run(a).await,
+            Scenario::Chat(a) => chat::run(a).await,
         }
     }
 }

@@ -15,6 +15,9 @@
 //! ```
 //!
 //! `x` pads the message to the requested size and comes last, so the scanner never walks it.
+//!
+//! With `--target nats` the "frames" are NATS protocol units (`nats::Splitter`): a `MSG` line
+//! and its payload (the same JSON stamp), or a control line; `scan` hands them to `nats::scan`.
 
 use crate::protocol::{Encoding, ServerFrame};
 use serde::Deserialize;
@@ -38,12 +41,18 @@ pub struct Stamp {
 /// One server frame, as far as a load test cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scanned {
-    /// A `message`: its offset, and the stamp if a bench publisher sent it.
-    Message { offset: u64, stamp: Option<Stamp> },
+    /// A `message`: its offset (none on targets without offsets, NATS), and the stamp if a
+    /// bench publisher sent it.
+    Message {
+        offset: Option<u64>,
+        stamp: Option<Stamp>,
+    },
     /// A `reply` to request `id`.
     Reply { id: u64 },
-    /// A server `ping`: answer `{"type":"pong"}`.
+    /// A server `ping`: answer with `Writer::answer_ping`.
     Ping,
+    /// A `PONG` answering our `PING` (NATS).
+    Pong,
     /// Anything else (`error`, `disconnect`, unknown types): decode it with [`decode`].
     Other,
 }
@@ -53,18 +62,20 @@ pub fn scan(frame: &[u8]) -> Scanned {
     let fast = match frame.first() {
         Some(b'{') => scan_json(frame),
         Some(0x80..=0x8f | 0xde | 0xdf) => scan_msgpack(frame),
+        Some(b'A'..=b'Z' | b'a'..=b'z' | b'+' | b'-') => super::nats::scan(frame),
         _ => None,
     };
     fast.unwrap_or_else(|| slow(frame))
 }
 
 /// A scanner for one channel: its `message` frames start with bytes known in advance (type,
-/// channel name, `offset` key), so one comparison replaces walking them. Other frames go
-/// through [`scan`].
+/// channel name, `offset` key; or `MSG <subject> <sid> ` on NATS), so one comparison replaces
+/// walking them. Other frames go through [`scan`].
 #[derive(Debug, Clone)]
 pub struct ChannelScanner {
     json: Vec<u8>,
     msgpack: Vec<u8>,
+    nats: Vec<u8>,
 }
 
 impl ChannelScanner {
@@ -82,7 +93,12 @@ impl ChannelScanner {
         ] {
             mp_write_str(&mut msgpack, part);
         }
-        ChannelScanner { json, msgpack }
+        let nats = format!("MSG {channel} {} ", super::nats::SID).into_bytes();
+        ChannelScanner {
+            json,
+            msgpack,
+            nats,
+        }
     }
 
     /// As [`scan`], faster for this channel's messages.
@@ -96,12 +112,17 @@ impl ChannelScanner {
             let mut c = Cursor::new(rest);
             let offset = c.json_uint()?;
             c.expect(br#","data":"#)?;
-            (offset, json_stamp(&mut c)?)
+            (Some(offset), json_stamp(&mut c)?)
+        } else if let Some(rest) = frame.strip_prefix(&self.nats[..]) {
+            let mut c = Cursor::new(rest);
+            c.json_uint()?;
+            c.expect(b"\r\n")?;
+            (None, json_stamp(&mut c)?)
         } else {
             let mut c = Cursor::new(frame.strip_prefix(&self.msgpack[..])?);
             let offset = c.mp_uint()?;
             (c.mp_str()? == b"data").then_some(())?;
-            (offset, mp_stamp(&mut c)?)
+            (Some(offset), mp_stamp(&mut c)?)
         };
         Some(Scanned::Message {
             offset,
@@ -118,11 +139,16 @@ pub fn decode(frame: &[u8]) -> Option<ServerFrame> {
     }
 }
 
+/// The stamp in a JSON `data` (a NATS payload): the fast path, else a full parse.
+pub fn json_data_stamp(data: &[u8]) -> Option<Stamp> {
+    json_stamp(&mut Cursor::new(data)).or_else(|| serde_json::from_slice(data).ok())
+}
+
 /// The full decode, for frames off the fast path.
 fn slow(frame: &[u8]) -> Scanned {
     match decode(frame) {
         Some(ServerFrame::Message { offset, data, .. }) => Scanned::Message {
-            offset,
+            offset: Some(offset),
             stamp: Stamp::deserialize(&data).ok(),
         },
         Some(ServerFrame::Reply { id, .. }) => Scanned::Reply { id },
@@ -250,7 +276,10 @@ fn scan_json(frame: &[u8]) -> Option<Scanned> {
             let data = frame.get(c.pos..frame.len().checked_sub(1)?)?;
             serde_json::from_slice::<Stamp>(data).ok()
         });
-        return Some(Scanned::Message { offset, stamp });
+        return Some(Scanned::Message {
+            offset: Some(offset),
+            stamp,
+        });
     }
     if c.expect(JSON_REPLY).is_some() {
         return Some(Scanned::Reply { id: c.json_uint()? });
@@ -291,7 +320,10 @@ fn scan_msgpack(frame: &[u8]) -> Option<Scanned> {
             let data = c.pos;
             let stamp = mp_stamp(&mut c)
                 .or_else(|| rmp_serde::from_slice::<Stamp>(frame.get(data..)?).ok());
-            Some(Scanned::Message { offset, stamp })
+            Some(Scanned::Message {
+                offset: Some(offset),
+                stamp,
+            })
         }
         b"reply" => {
             (c.mp_str()? == b"id").then_some(())?;
@@ -448,7 +480,7 @@ mod tests {
                     assert_eq!(
                         scan(&frame),
                         Scanned::Message {
-                            offset: 42,
+                            offset: Some(42),
                             stamp: Some(stamp())
                         },
                         "{encoding:?} {size} {channel}"
@@ -506,7 +538,7 @@ mod tests {
             assert_eq!(
                 scan(&frame),
                 Scanned::Message {
-                    offset: 5,
+                    offset: Some(5),
                     stamp: None
                 }
             );
@@ -516,7 +548,7 @@ mod tests {
         assert_eq!(
             scan(frame),
             Scanned::Message {
-                offset: 8,
+                offset: Some(8),
                 stamp: Some(Stamp {
                     phase: 0,
                     publisher: 1,

@@ -1,5 +1,9 @@
 //! What every scenario shares: the options naming the server and how to authenticate, the
 //! resolved `Target`, connections that have said `hello`, the bench space, and progress bars.
+//!
+//! `--target` picks the server's protocol: Chorus, or a peer spoken by an adapter (`nats`) so
+//! the same scenario code measures both. Scenarios stay protocol-neutral by going through
+//! `Target::connect`, `Target::channel`, `Conn::subscribe`, `Writer::answer_ping` and `scan`.
 
 use super::wire::{self, Reader, Writer, WsAddr};
 use crate::access::{Claims, Grant};
@@ -44,9 +48,22 @@ impl From<WireEncoding> for Encoding {
     }
 }
 
+/// The kind of server a bench talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// A Chorus server (the full protocol, with tokens).
+    Chorus,
+    /// nats-server's WebSocket listener (NATS client protocol over WebSocket), for comparison.
+    Nats,
+}
+
 /// Options every scenario takes: where the server is and how to get in.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
+    /// What the server is: chorus, or a peer to compare with (nats: nats-server's websocket
+    /// listener, e.g. --url ws://127.0.0.1:8080; the fanout and connections scenarios).
+    #[arg(long, value_enum, default_value_t = TargetKind::Chorus)]
+    pub target: TargetKind,
     /// WebSocket URL of the server.
     #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
     pub url: String,
@@ -58,6 +75,7 @@ pub struct CommonArgs {
     pub ca: Option<PathBuf>,
     /// One access token for every connection (all one user; it needs the create_spaces grant
     /// unless --space is given). Without it, the bench mints a token per connection.
+    /// With --target nats: the auth_token of CONNECT, if the server wants one.
     #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The server's token secret file, to mint tokens (users bench-0, bench-1, …).
@@ -132,7 +150,12 @@ impl Ui {
 
 enum Auth {
     Fixed(String),
-    Mint { keys: Box<TokenKeys>, org: String },
+    Mint {
+        keys: Box<TokenKeys>,
+        org: String,
+    },
+    /// NATS: an optional `auth_token`.
+    Nats(Option<String>),
 }
 
 pub enum Transport {
@@ -142,6 +165,7 @@ pub enum Transport {
 
 /// A resolved server: transport, address, authentication.
 pub struct Target {
+    pub kind: TargetKind,
     pub transport: Transport,
     pub encoding: Encoding,
     auth: Auth,
@@ -202,7 +226,17 @@ impl Target {
         {
             bail!("--server-pid {pid}: no such process (or /proc is unavailable)");
         }
-        let auth = if let Some(token) = &args.token {
+        if args.target == TargetKind::Nats {
+            if args.quic.is_some() {
+                bail!("--target nats speaks NATS over WebSocket only (no --quic)");
+            }
+            if args.encoding != WireEncoding::Json {
+                bail!("--target nats carries the JSON stamp as payload (no --encoding msgpack)");
+            }
+        }
+        let auth = if args.target == TargetKind::Nats {
+            Auth::Nats(args.token.clone())
+        } else if let Some(token) = &args.token {
             Auth::Fixed(token.clone())
         } else {
             let secret = match &args.secret_file {
@@ -277,6 +311,7 @@ impl Target {
             }
         };
         Ok(Target {
+            kind: args.target,
             transport,
             encoding: args.encoding.into(),
             auth,
@@ -289,18 +324,31 @@ impl Target {
         })
     }
 
-    /// `ws://…` or `quic://…`, for reports.
+    /// `ws://…` or `quic://…` (`nats ws://…` for NATS), for reports.
     pub fn describe(&self) -> String {
-        match &self.transport {
+        let url = match &self.transport {
             Transport::Ws(ws) => format!("ws://{}{}", ws.host, ws.path),
             Transport::Quic(addr) => format!("quic://{addr}"),
+        };
+        match self.kind {
+            TargetKind::Chorus => url,
+            TargetKind::Nats => format!("nats {url}"),
         }
     }
 
     pub fn encoding_name(&self) -> &'static str {
-        match self.encoding {
-            Encoding::Json => "json",
-            Encoding::Msgpack => "msgpack",
+        match (self.kind, self.encoding) {
+            (TargetKind::Nats, _) => "nats text protocol, json payload",
+            (_, Encoding::Json) => "json",
+            (_, Encoding::Msgpack) => "msgpack",
+        }
+    }
+
+    /// The name of channel `topic` in `space`: `topic:<space>/<topic>`, or a NATS subject.
+    pub fn channel(&self, space: &str, topic: &str) -> anyhow::Result<String> {
+        match self.kind {
+            TargetKind::Chorus => Ok(format!("topic:{space}/{topic}")),
+            TargetKind::Nats => super::nats::subject(space, topic),
         }
     }
 
@@ -318,6 +366,7 @@ impl Target {
     pub fn token(&self, i: usize) -> String {
         match &self.auth {
             Auth::Fixed(token) => token.clone(),
+            Auth::Nats(token) => token.clone().unwrap_or_default(),
             Auth::Mint { keys, org } => {
                 let now = crate::auth::unix_now();
                 keys.issue(&Claims {
@@ -346,6 +395,7 @@ impl Target {
                 }
             };
             let mut conn = Conn {
+                kind: self.kind,
                 reader,
                 writer,
                 encoding: Encoding::Json,
@@ -353,6 +403,12 @@ impl Target {
                 next_id: 1,
                 inbox: VecDeque::new(),
             };
+            if let Auth::Nats(token) = &self.auth {
+                conn.welcome =
+                    super::nats::handshake(&mut conn.reader, &mut conn.writer, token.as_deref())
+                        .await?;
+                return Ok(conn);
+            }
             let hello = json!({
                 "type": "hello",
                 "version": 1,
@@ -404,6 +460,15 @@ impl Target {
     /// The space to run in: `--space`, or a new `bench-<random>` created by user 0. With minted
     /// tokens, users `1..members` are added to it.
     pub async fn prepare_space(&self, members: usize) -> anyhow::Result<String> {
+        if self.kind == TargetKind::Nats {
+            // Subjects need no set-up: a fresh random prefix keeps runs apart.
+            if let Some(space) = &self.space {
+                return Ok(space.clone());
+            }
+            let mut random = [0u8; 6];
+            getrandom::fill(&mut random)?;
+            return Ok(format!("bench-{}", hex::encode(random)));
+        }
         let mut conn = self.connect(0).await.context("cannot set up the space")?;
         let space = match &self.space {
             Some(space) => space.clone(),
@@ -487,6 +552,7 @@ pub async fn abort_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
 /// A connection that said `hello`: requests one at a time or pipelined, for set-up. Load loops
 /// take its `reader` and `writer` apart.
 pub struct Conn {
+    pub kind: TargetKind,
     pub reader: Reader,
     pub writer: Writer,
     /// Encoding of frames we send (the one chosen in `hello`).
@@ -517,7 +583,10 @@ impl Conn {
         loop {
             while let Some(bytes) = self.inbox.pop_front() {
                 match super::scan::decode(&bytes) {
-                    Some(ServerFrame::Ping) => self.writer.send(PONG).await?,
+                    Some(ServerFrame::Ping) => {
+                        self.writer.answer_ping();
+                        self.writer.flush().await?;
+                    }
                     Some(ServerFrame::Message { .. }) => {}
                     Some(frame) => return Ok(frame),
                     None => bail!("the server sent a frame the bench cannot decode"),
@@ -564,6 +633,20 @@ impl Conn {
                 _ => {}
             }
         }
+    }
+
+    /// Subscribe to `channel` and wait until the server has it; returns the channel's offset
+    /// (none on NATS).
+    pub async fn subscribe(&mut self, channel: &str) -> anyhow::Result<Option<u64>> {
+        if self.kind == TargetKind::Nats {
+            super::nats::subscribe(&mut self.reader, &mut self.writer, channel).await?;
+            return Ok(None);
+        }
+        let reply = self
+            .request(json!({"type": "subscribe", "channel": channel}))
+            .await?
+            .map_err(|e| anyhow!("subscribe refused: {e}"))?;
+        Ok(Some(reply["offset"].as_u64().unwrap_or(0)))
     }
 
     /// A number from the welcome, e.g. `limits.rate_per_sec`.

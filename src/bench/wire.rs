@@ -9,6 +9,10 @@
 //! Client frames are masked, as RFC 6455 requires.
 //!
 //! QUIC: the control stream read with `read_chunk` and split with `protocol::framing`.
+//!
+//! A protocol that streams over WebSocket instead of mapping one message to one frame (NATS)
+//! switches both halves to stream mode (`nats_stream`): the reader re-splits frame payloads
+//! into protocol units, the writer sends everything pushed before a flush as one frame.
 
 use crate::protocol::framing::FrameDecoder;
 use anyhow::{Context, bail};
@@ -48,6 +52,8 @@ pub struct Reader {
     inner: ReaderInner,
     /// Why the connection ended, once it did (a WebSocket close frame's reason, a QUIC close).
     pub closed: Option<String>,
+    /// Stream mode: frames are pieces of a NATS byte stream, handed over as protocol units.
+    nats: Option<Box<super::nats::Splitter>>,
 }
 
 enum ReaderInner {
@@ -75,7 +81,14 @@ pub struct Writer {
     inner: WriterInner,
     buf: Vec<u8>,
     mask: u32,
+    /// Stream mode: bytes pushed since the last flush, sent as binary frames by `flush`.
+    stream: Option<Vec<u8>>,
+    /// What `answer_ping` queues.
+    ping_answer: &'static [u8],
 }
+
+/// The largest frame a writer in stream mode sends (the stream is split at any byte).
+const STREAM_FRAME: usize = 64 * 1024;
 
 enum WriterInner {
     Ws(OwnedWriteHalf),
@@ -150,6 +163,7 @@ pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(
             check_tail: end < response.len(),
         }),
         closed: None,
+        nats: None,
     };
     let mut seed = [0u8; 4];
     let _ = getrandom::fill(&mut seed);
@@ -157,6 +171,8 @@ pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(
         inner: WriterInner::Ws(write),
         buf: Vec::new(),
         mask: u32::from_ne_bytes(seed) | 1,
+        stream: None,
+        ping_answer: super::target::PONG,
     };
     Ok((reader, writer))
 }
@@ -174,16 +190,24 @@ pub async fn connect_quic(
             decoder: FrameDecoder::new(MAX_FRAME),
         },
         closed: None,
+        nats: None,
     };
     let writer = Writer {
         inner: WriterInner::Quic { send, connection },
         buf: Vec::new(),
         mask: 0,
+        stream: None,
+        ping_answer: super::target::PONG,
     };
     Ok((reader, writer))
 }
 
 impl Reader {
+    /// Switch to NATS stream mode (WebSocket only): `read` hands over NATS protocol units.
+    pub fn nats_stream(&mut self) {
+        self.nats = Some(Box::default());
+    }
+
     /// Wait for bytes, then call `on_frame` with every complete frame they finish and the time
     /// they were read. Returns `Ok(false)` once the connection ended (see `closed`).
     pub async fn read<F: FnMut(&[u8], Instant)>(
@@ -192,7 +216,24 @@ impl Reader {
     ) -> anyhow::Result<bool> {
         match &mut self.inner {
             ReaderInner::Ws(ws) => {
-                let open = read_ws(ws, on_frame).await;
+                let open = match &mut self.nats {
+                    None => read_ws(ws, on_frame).await,
+                    Some(splitter) => {
+                        let mut failed = None;
+                        let mut units = |payload: &[u8], now: Instant| {
+                            if failed.is_none()
+                                && let Err(e) = splitter.feed(payload, &mut |u| on_frame(u, now))
+                            {
+                                failed = Some(e);
+                            }
+                        };
+                        let open = read_ws(ws, &mut units).await;
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                        open
+                    }
+                };
                 match open {
                     Ok(Ok(())) => Ok(true),
                     Ok(Err(reason)) => {
@@ -406,8 +447,19 @@ fn encode_ws(buf: &mut Vec<u8>, mask: &mut u32, opcode: u8, payload: &[u8]) {
 }
 
 impl Writer {
-    /// Queue one frame (a protocol frame payload); `flush` sends it.
+    /// Switch to NATS stream mode (WebSocket only): pushed units are sent as one stream.
+    pub fn nats_stream(&mut self) {
+        self.stream = Some(Vec::new());
+        self.ping_answer = super::nats::PONG;
+    }
+
+    /// Queue one frame (a protocol frame payload; in stream mode, a protocol unit with its
+    /// line ends); `flush` sends it.
     pub fn push(&mut self, payload: &[u8]) {
+        if let Some(stream) = &mut self.stream {
+            stream.extend_from_slice(payload);
+            return;
+        }
         match self.inner {
             WriterInner::Ws(_) => {
                 let opcode = if payload.first() == Some(&b'{') {
@@ -436,13 +488,29 @@ impl Writer {
         }
     }
 
+    /// Queue the answer to a server's protocol-level ping (`{"type":"pong"}`, or NATS `PONG`).
+    pub fn answer_ping(&mut self) {
+        self.push(self.ping_answer);
+    }
+
     /// Bytes queued and not yet flushed.
     pub fn queued(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.stream.as_ref().map_or(0, Vec::len)
     }
 
     /// Write everything queued.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if let Some(stream) = &mut self.stream
+            && !stream.is_empty()
+        {
+            for piece in stream.chunks(STREAM_FRAME) {
+                encode_ws(&mut self.buf, &mut self.mask, 0x2, piece);
+            }
+            stream.clear();
+            if stream.capacity() > 1 << 20 {
+                *stream = Vec::new();
+            }
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -468,6 +536,9 @@ impl Writer {
         match &mut self.inner {
             WriterInner::Ws(_) => {
                 self.buf.clear();
+                if let Some(stream) = &mut self.stream {
+                    stream.clear();
+                }
                 self.push_ws(0x8, &1000u16.to_be_bytes());
                 let _ = self.flush().await;
                 if let WriterInner::Ws(write) = &mut self.inner {

@@ -10,7 +10,7 @@ use crate::protocol::{Encoding, Position, encode_message};
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,33 @@ struct ChannelState {
     last_publish: Instant,
     /// Set by `sweep` when the channel left the map; holders of a stale `Arc` must retry.
     removed: bool,
+    /// Sequenced channels (fed by `deliver`): subscribers whose replay from the store is in
+    /// flight, with what was delivered meanwhile, held back until `catch_up`.
+    pending: HashMap<ConnId, Pending>,
+    /// Sequenced channels: the last events delivered, oldest first, consecutive offsets, for
+    /// resuming from memory.
+    tail: VecDeque<(u64, Arc<Value>)>,
+}
+
+struct Pending {
+    outbox: Arc<Outbox>,
+    held: Vec<(u64, Arc<Value>)>,
+}
+
+/// Events kept per sequenced channel for resuming from memory.
+pub const TAIL: usize = 256;
+/// Events held for one catching-up subscriber before it counts as a slow consumer.
+const MAX_HELD: usize = 65_536;
+
+/// How `Hub::attach` subscribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// Subscribed live: every event after `head` will be delivered, and `replayed` events from
+    /// memory (those after the requested offset up to `head`) were queued first.
+    Live { head: u64, replayed: usize },
+    /// Registered, but the events after the requested offset are not all in memory: fetch them
+    /// from the store and call `Hub::catch_up`. Deliveries are held until then.
+    CatchUp,
 }
 
 struct Channel {
@@ -87,6 +114,8 @@ impl Hub {
                                 per_encoding: [0; 2],
                                 last_publish: Instant::now(),
                                 removed: false,
+                                pending: HashMap::new(),
+                                tail: VecDeque::new(),
                             }),
                         })
                     })
@@ -129,6 +158,9 @@ impl Hub {
             .state
             .lock()
             .expect("channel lock is never poisoned");
+        if state.pending.remove(&conn).is_some() {
+            return true;
+        }
         let Some(i) = state.index.remove(&conn) else {
             return false;
         };
@@ -177,6 +209,184 @@ impl Hub {
         })
     }
 
+    /// Deliver the event at `offset` of a sequenced channel, whose positions are assigned
+    /// elsewhere (a chat room's by the store). Calls for one channel must come from one thread
+    /// in offset order without gaps. Never waits; returns the subscribers it was queued to.
+    pub fn deliver(&self, name: &str, offset: u64, data: Value) -> usize {
+        // No channel, no subscribers: nothing to do, and the tail would have a gap later.
+        let Some(channel) = self.channels.get(name).map(|c| c.clone()) else {
+            return 0;
+        };
+        let mut state = channel
+            .state
+            .lock()
+            .expect("channel lock is never poisoned");
+        if state.removed || state.tail.back().is_some_and(|(last, _)| *last >= offset) {
+            return 0;
+        }
+        state.offset = offset;
+        state.last_publish = Instant::now();
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for encoding in Encoding::ALL {
+            if state.per_encoding[encoding.index()] > 0 {
+                frames[encoding.index()] = Some(encode_message(name, offset, &data, encoding));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let mut delivered = 0;
+        for sub in &state.subscribers {
+            let frame = frames[sub.encoding().index()]
+                .as_ref()
+                .expect("encoded above");
+            if sub.push(frame.clone(), now).is_ok() {
+                delivered += 1;
+            }
+        }
+        let data = Arc::new(data);
+        state.pending.retain(|_, pending| {
+            pending.held.push((offset, data.clone()));
+            let overflow = pending.held.len() > MAX_HELD;
+            if overflow {
+                pending.outbox.close(CloseReason::abort(
+                    crate::protocol::ErrorCode::SlowConsumer,
+                    "fell too far behind while catching up",
+                    true,
+                ));
+            }
+            !overflow
+        });
+        state.tail.push_back((offset, data));
+        if state.tail.len() > TAIL {
+            state.tail.pop_front();
+        }
+        self.metrics.publishes.inc();
+        self.metrics.deliveries.inc_by(delivered as u64);
+        self.metrics.queued_frames.inc_by(delivered as i64);
+        delivered
+    }
+
+    /// Empty the tail of a sequenced channel, so resumes from before now go to the store. For
+    /// when earlier events' data went stale (a chat message edited or deleted since).
+    pub fn forget_tail(&self, name: &str) {
+        if let Some(channel) = self.channels.get(name).map(|c| c.clone()) {
+            channel
+                .state
+                .lock()
+                .expect("channel lock is never poisoned")
+                .tail
+                .clear();
+        }
+    }
+
+    /// Subscribe `outbox` to a sequenced channel, resuming after offset `after` (`None`: from
+    /// now on, without replay). Events after it that are still in memory are queued at once, in
+    /// order, ahead of live ones; otherwise the caller replays from the store (`Attach::CatchUp`).
+    pub fn attach(
+        &self,
+        name: &str,
+        outbox: &Arc<Outbox>,
+        after: Option<u64>,
+    ) -> Result<Attach, HubError> {
+        self.with_channel(name, |state| {
+            if state.index.contains_key(&outbox.id()) || state.pending.contains_key(&outbox.id()) {
+                return Err(HubError::AlreadySubscribed);
+            }
+            // The tail ends at the last event delivered, so it knows the head, and it covers
+            // `after` if it starts at most right after it.
+            let covered = match (after, state.tail.front(), state.tail.back()) {
+                (None, _, Some((head, _))) => Some((*head, 0)),
+                (Some(after), Some((first, _)), Some((head, _)))
+                    if after <= *head && *first <= after + 1 =>
+                {
+                    let now = tokio::time::Instant::now();
+                    let mut replayed = 0;
+                    for (offset, data) in state.tail.iter().filter(|(o, _)| *o > after) {
+                        let frame = encode_message(name, *offset, data, outbox.encoding());
+                        if outbox.push(frame, now).is_ok() {
+                            replayed += 1;
+                        }
+                    }
+                    self.metrics.queued_frames.inc_by(replayed as i64);
+                    Some((*head, replayed))
+                }
+                _ => None,
+            };
+            match covered {
+                Some((head, replayed)) => {
+                    Self::add_live(state, outbox);
+                    Ok(Attach::Live { head, replayed })
+                }
+                None => {
+                    let pending = Pending {
+                        outbox: outbox.clone(),
+                        held: Vec::new(),
+                    };
+                    state.pending.insert(outbox.id(), pending);
+                    Ok(Attach::CatchUp)
+                }
+            }
+        })
+    }
+
+    /// Finish an `Attach::CatchUp`: queue `replay` (the events the caller read from the store,
+    /// in order, ending at offset `head`, which the caller read after `attach`), then what was
+    /// delivered meanwhile after `head`, and go live. Returns the head of what was queued, or
+    /// `None` if the subscription ended meanwhile.
+    pub fn catch_up(
+        &self,
+        name: &str,
+        conn: ConnId,
+        replay: impl IntoIterator<Item = (u64, Value)>,
+        head: u64,
+    ) -> Option<u64> {
+        let channel = self.channels.get(name).map(|c| c.clone())?;
+        let mut state = channel
+            .state
+            .lock()
+            .expect("channel lock is never poisoned");
+        let pending = state.pending.remove(&conn)?;
+        let outbox = pending.outbox;
+        let now = tokio::time::Instant::now();
+        let mut queued = 0;
+        let mut last = head;
+        let held = pending.held.iter().filter(|(offset, _)| *offset > head);
+        let replay: Vec<(u64, Arc<Value>)> =
+            replay.into_iter().map(|(o, v)| (o, Arc::new(v))).collect();
+        for (offset, data) in replay.iter().chain(held) {
+            let frame = encode_message(name, *offset, data, outbox.encoding());
+            if outbox.push(frame, now).is_ok() {
+                queued += 1;
+            }
+            last = last.max(*offset);
+        }
+        self.metrics.queued_frames.inc_by(queued as i64);
+        Self::add_live(&mut state, &outbox);
+        Some(last)
+    }
+
+    fn add_live(state: &mut ChannelState, outbox: &Arc<Outbox>) {
+        let slot = state.subscribers.len();
+        state.index.insert(outbox.id(), slot);
+        state.subscribers.push(outbox.clone());
+        state.per_encoding[outbox.encoding().index()] += 1;
+    }
+
+    /// `publish`, but only to a channel that exists (has subscribers, or had recently): for
+    /// events nobody needs to hear about when nobody listens. `None` when it does not exist.
+    pub fn publish_if_open(&self, name: &str, data: &Value) -> Option<Published> {
+        let channel = self.channels.get(name).map(|c| c.clone())?;
+        if channel
+            .state
+            .lock()
+            .expect("channel lock is never poisoned")
+            .removed
+        {
+            return None;
+        }
+        // Raced with a sweep at worst: the channel is recreated, and nobody is subscribed.
+        Some(self.publish(name, data))
+    }
+
     /// Forget channels without subscribers and without a publish for `idle`. A channel that
     /// comes back later starts a new epoch.
     pub fn sweep(&self, idle: Duration) {
@@ -186,8 +396,9 @@ impl Hub {
                 .state
                 .lock()
                 .expect("channel lock is never poisoned");
-            let dead =
-                state.subscribers.is_empty() && now.duration_since(state.last_publish) >= idle;
+            let dead = state.subscribers.is_empty()
+                && state.pending.is_empty()
+                && now.duration_since(state.last_publish) >= idle;
             state.removed = dead;
             !dead
         });
@@ -303,5 +514,108 @@ mod tests {
         let second = hub.subscribe("topic:s/a", &sub).unwrap();
         assert_ne!(first.epoch, second.epoch);
         assert_eq!(second.offset, 0);
+    }
+
+    /// The offsets of the `message` frames in `frames`.
+    fn offsets(frames: &[Bytes]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| {
+                serde_json::from_slice::<Value>(f).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sequenced_channels_resume_from_memory() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        // Nobody listens: nothing is kept.
+        assert_eq!(hub.deliver("room:s/r", 1, serde_json::json!(1)), 0);
+        assert_eq!(hub.channel_count(), 0);
+        let first = outbox(1, Encoding::Json, 1 << 20);
+        assert_eq!(hub.attach("room:s/r", &first, None), Ok(Attach::CatchUp));
+        assert_eq!(
+            hub.attach("room:s/r", &first, None),
+            Err(HubError::AlreadySubscribed)
+        );
+        assert_eq!(hub.catch_up("room:s/r", 1, [], 1), Some(1));
+        for n in 2..=6 {
+            assert_eq!(hub.deliver("room:s/r", n, serde_json::json!(n)), 1);
+        }
+        // A repeated or stale offset is not delivered twice.
+        assert_eq!(hub.deliver("room:s/r", 6, serde_json::json!(6)), 0);
+        assert_eq!(offsets(&drain(&first).await), [2, 3, 4, 5, 6]);
+
+        // The tail starts at 2: resuming after 1 or later replays from memory.
+        let second = outbox(2, Encoding::Msgpack, 1 << 20);
+        assert_eq!(
+            hub.attach("room:s/r", &second, Some(3)),
+            Ok(Attach::Live {
+                head: 6,
+                replayed: 3
+            })
+        );
+        hub.deliver("room:s/r", 7, serde_json::json!(7));
+        let frames = drain(&second).await;
+        let decoded: Vec<u64> = frames
+            .iter()
+            .map(|f| {
+                rmp_serde::from_slice::<Value>(f).unwrap()["offset"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(decoded, [4, 5, 6, 7]);
+        let third = outbox(3, Encoding::Json, 1 << 20);
+        assert_eq!(
+            hub.attach("room:s/r", &third, Some(7)),
+            Ok(Attach::Live {
+                head: 7,
+                replayed: 0
+            })
+        );
+        // After 0 is not in memory (1 was never kept).
+        let fourth = outbox(4, Encoding::Json, 1 << 20);
+        assert_eq!(
+            hub.attach("room:s/r", &fourth, Some(0)),
+            Ok(Attach::CatchUp)
+        );
+        // A forgotten tail restarts with the next delivery.
+        hub.forget_tail("room:s/r");
+        hub.deliver("room:s/r", 8, serde_json::json!(8));
+        let fifth = outbox(5, Encoding::Json, 1 << 20);
+        assert_eq!(hub.attach("room:s/r", &fifth, Some(6)), Ok(Attach::CatchUp));
+        let sixth = outbox(6, Encoding::Json, 1 << 20);
+        assert_eq!(
+            hub.attach("room:s/r", &sixth, Some(7)),
+            Ok(Attach::Live {
+                head: 8,
+                replayed: 1
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn catching_up_holds_live_events_until_the_replay() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let sub = outbox(1, Encoding::Json, 1 << 20);
+        assert_eq!(hub.attach("room:s/r", &sub, Some(4)), Ok(Attach::CatchUp));
+        // Delivered while the replay is read from the store: held, not queued.
+        hub.deliver("room:s/r", 8, serde_json::json!(8));
+        hub.deliver("room:s/r", 9, serde_json::json!(9));
+        // The store read saw up to 8: the held 8 is a duplicate, 9 is new.
+        let replay = (5..=8).map(|n| (n, serde_json::json!(n)));
+        assert_eq!(hub.catch_up("room:s/r", 1, replay, 8), Some(9));
+        hub.deliver("room:s/r", 10, serde_json::json!(10));
+        assert_eq!(offsets(&drain(&sub).await), [5, 6, 7, 8, 9, 10]);
+
+        // A subscription that ends while catching up is not resurrected.
+        let gone = outbox(2, Encoding::Json, 1 << 20);
+        assert_eq!(hub.attach("room:s/r", &gone, Some(0)), Ok(Attach::CatchUp));
+        assert!(hub.unsubscribe("room:s/r", 2));
+        assert_eq!(hub.catch_up("room:s/r", 2, [], 10), None);
+        assert_eq!(hub.deliver("room:s/r", 11, serde_json::json!(11)), 1);
     }
 }

@@ -1,4 +1,6 @@
-use super::{ClientFrame, ErrorCode, RequestId, ServerFrame, SpaceRequest};
+use super::{
+    ChatRequest, ClientFrame, ErrorCode, PresenceRequest, RequestId, ServerFrame, SpaceRequest,
+};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +75,11 @@ fn explain<T: serde::de::DeserializeOwned>(frame: &[u8], encoding: Encoding) -> 
     .unwrap_or_default()
 }
 
-const SERVICES: &[(&[&str], Explain)] = &[(SpaceRequest::TYPES, explain::<SpaceRequest>)];
+const SERVICES: &[(&[&str], Explain)] = &[
+    (SpaceRequest::TYPES, explain::<SpaceRequest>),
+    (PresenceRequest::TYPES, explain::<PresenceRequest>),
+    (ChatRequest::TYPES, explain::<ChatRequest>),
+];
 
 /// Whether `kind` is a frame type this server knows.
 pub fn is_known_type(kind: &str) -> bool {
@@ -242,6 +248,37 @@ mod tests {
             json!({"type": "space.members", "id": 1, "space": "s"}),
             json!({"type": "space.add_member", "id": 1, "space": "s", "user": "u", "org": "o"}),
             json!({"type": "space.remove_member", "id": 1, "space": "s", "user": "u"}),
+            json!({"type": "presence.subscribe", "id": 1, "scope": {"space": "s"}}),
+            json!({"type": "presence.unsubscribe", "id": 1, "scope": {"space": "s"}}),
+            json!({"type": "presence.set_status", "id": 1, "status": "busy"}),
+            json!({"type": "presence.set_custom", "id": 1, "custom": {"text": "hi"}}),
+            json!({"type": "presence.activity", "id": 1}),
+            json!({"type": "presence.join_room", "id": 1, "room": {"space": "s", "id": "r"}}),
+            json!({"type": "presence.leave_room", "id": 1, "room": {"space": "s", "id": "r"}}),
+            json!({"type": "presence.meeting", "id": 1, "room": {"space": "s", "id": "r"}, "in_meeting": true}),
+            json!({"type": "presence.typing", "id": 1, "room": {"space": "s", "id": "r"}}),
+            json!({"type": "chat.create_room", "id": 1, "space": "s", "name": "n"}),
+            json!({"type": "chat.rooms", "id": 1, "space": "s"}),
+            json!({"type": "chat.rename_room", "id": 1, "space": "s", "room": "r", "name": "n"}),
+            json!({"type": "chat.archive_room", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.join", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.leave", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.invite", "id": 1, "space": "s", "room": "r", "user": "u"}),
+            json!({"type": "chat.remove_member", "id": 1, "space": "s", "room": "r", "user": "u"}),
+            json!({"type": "chat.members", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.send", "id": 1, "space": "s", "room": "r", "client_id": "c", "body": "b"}),
+            json!({"type": "chat.edit", "id": 1, "space": "s", "room": "r", "offset": 1, "body": "b"}),
+            json!({"type": "chat.delete", "id": 1, "space": "s", "room": "r", "offset": 1}),
+            json!({"type": "chat.history", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.sync", "id": 1, "space": "s", "room": "r", "after": 0}),
+            json!({"type": "chat.revisions", "id": 1, "space": "s", "room": "r", "offset": 1}),
+            json!({"type": "chat.mark_read", "id": 1, "space": "s", "room": "r", "offset": 1}),
+            json!({"type": "chat.unread", "id": 1, "space": "s"}),
+            json!({"type": "chat.receipts", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.react", "id": 1, "space": "s", "room": "r", "offset": 1, "emoji": "+1"}),
+            json!({"type": "chat.unreact", "id": 1, "space": "s", "room": "r", "offset": 1, "emoji": "+1"}),
+            json!({"type": "chat.open_direct", "id": 1, "space": "s", "users": ["u"]}),
+            json!({"type": "chat.search", "id": 1, "space": "s", "query": "q"}),
         ];
         let known = CORE_TYPES.len() + SERVICES.iter().map(|(t, _)| t.len()).sum::<usize>();
         assert_eq!(frames.len(), known);

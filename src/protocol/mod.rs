@@ -2,11 +2,15 @@
 //! stable error codes. Sans-IO: bytes in, typed frames out, and back. `docs/protocol.md` is the
 //! contract this module implements.
 
+pub mod chat;
 mod codec;
 mod error;
 pub mod framing;
+pub mod presence;
 mod space;
 
+pub use chat::ChatRequest;
+pub use presence::PresenceRequest;
 pub use space::SpaceRequest;
 
 pub use codec::{DecodeError, Encoding, decode_client, encode_message, encode_server};
@@ -54,6 +58,9 @@ pub enum ClientFrame {
     Subscribe {
         id: RequestId,
         channel: String,
+        /// Resume after this position (room channels replay what was missed; others ignore it).
+        #[serde(default)]
+        from: Option<Position>,
     },
     Unsubscribe {
         id: RequestId,
@@ -68,6 +75,10 @@ pub enum ClientFrame {
     /// their own module; untagged variants are tried after the core types above.
     #[serde(untagged)]
     Space(SpaceRequest),
+    #[serde(untagged)]
+    Presence(PresenceRequest),
+    #[serde(untagged)]
+    Chat(ChatRequest),
 }
 
 impl ClientFrame {
@@ -81,6 +92,8 @@ impl ClientFrame {
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. } => Some(*id),
             ClientFrame::Space(request) => Some(request.id()),
+            ClientFrame::Presence(request) => Some(request.id()),
+            ClientFrame::Chat(request) => Some(request.id()),
         }
     }
 }
@@ -107,6 +120,18 @@ pub enum ServerFrame {
     /// The server ended a subscription (e.g. the user was removed from the space).
     Unsubscribed {
         channel: String,
+        code: ErrorCode,
+        message: String,
+    },
+    /// Changes of the connection's presence subscriptions: one update per scope that changed,
+    /// at most one such frame per flush interval (`docs/protocol.md`, Presence).
+    Presence {
+        updates: Vec<::presence::ScopeUpdate>,
+    },
+    /// The server ended a presence subscription (the user lost the membership it needs).
+    #[serde(rename = "presence.unsubscribed")]
+    PresenceUnsubscribed {
+        scope: ::presence::Scope,
         code: ErrorCode,
         message: String,
     },

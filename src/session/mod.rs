@@ -224,7 +224,7 @@ impl Session {
             (Phase::Ready { .. }, ClientFrame::Ping { id }) => {
                 self.send(ServerFrame::reply(id, serde_json::json!({})))
             }
-            (Phase::Ready { .. }, ClientFrame::Subscribe { id, channel }) => {
+            (Phase::Ready { .. }, ClientFrame::Subscribe { id, channel, from }) => {
                 if self.subscriptions.contains(&channel) {
                     self.error(
                         Some(id),
@@ -243,7 +243,11 @@ impl Session {
                 } else {
                     self.subscriptions.insert(channel.clone());
                     self.outputs
-                        .push_back(Output::Execute(ClientFrame::Subscribe { id, channel }));
+                        .push_back(Output::Execute(ClientFrame::Subscribe {
+                            id,
+                            channel,
+                            from,
+                        }));
                 }
             }
             (Phase::Ready { .. }, ClientFrame::Unsubscribe { id, channel }) => {

@@ -124,6 +124,7 @@ fn subscription_bookkeeping() {
     let denied = ClientFrame::Subscribe {
         id: 4,
         channel: "b".into(),
+        from: None,
     };
     h.frame(1.0, json!({"type": "subscribe", "id": 4, "channel": "b"}));
     h.session.fail(&denied, ErrorCode::Forbidden, "no");

@@ -6,10 +6,11 @@
 //! transaction, and pays for one fsync instead of one per job ("group commit"). Each job runs
 //! inside its own SAVEPOINT, so a job that fails undoes only its own statements.
 
-use super::{Member, Space, Store, StoreError, StoreResult};
+use super::{ChatEvent, ChatFeed, Member, Space, Store, StoreError, StoreResult};
 use crate::access::Role;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi, params};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (space, user)
     );
     CREATE INDEX members_by_user ON members(user);",
+    // 2: chat rooms, their members, messages and streams.
+    super::sqlite_chat::SCHEMA,
 ];
 
 /// Jobs queued for the store thread before callers wait for room. Bounded so a stalled disk
@@ -54,6 +57,8 @@ pub struct SqliteStore {
     /// `None` only during `drop`, which closes the queue to stop the thread.
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
+    /// Where the store thread sends committed chat events.
+    pub(super) feed: Arc<OnceLock<Arc<dyn ChatFeed>>>,
 }
 
 impl SqliteStore {
@@ -79,19 +84,22 @@ impl SqliteStore {
         migrate(&mut conn)?;
 
         let (jobs, queue) = mpsc::channel(QUEUE);
+        let feed = Arc::new(OnceLock::new());
+        let thread_feed = Arc::clone(&feed);
         let thread = std::thread::Builder::new()
             .name("chorus-store".into())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, &thread_feed))
             .map_err(|e| StoreError::Backend(format!("cannot start store thread: {e}")))?;
         Ok(SqliteStore {
             jobs: Some(jobs),
             thread: Some(thread),
+            feed,
         })
     }
 
     /// Runs `f` on the store thread inside a batch transaction and returns its result once the
     /// batch has committed. If `f` fails, its statements are rolled back and the batch goes on.
-    async fn call<T, F>(&self, f: F) -> StoreResult<T>
+    pub(super) async fn call<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
@@ -102,6 +110,30 @@ impl SqliteStore {
             result: None,
             reply,
         });
+        self.queue(job, result).await
+    }
+
+    /// Like `call`, for a write that produces chat events: once the batch has committed, the
+    /// events go to the feed (on the store thread, in commit order) before the result returns.
+    pub(super) async fn call_emitting<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<(T, Vec<ChatEvent>)> + Send + 'static,
+    {
+        let (reply, result) = oneshot::channel();
+        let job = Box::new(Emitting {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.queue(job, result).await
+    }
+
+    async fn queue<T>(
+        &self,
+        job: Box<dyn Job>,
+        result: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
         let jobs = self.jobs.as_ref().expect("the queue is open until drop");
         // Awaits room in the queue rather than blocking the runtime.
         jobs.send(job).await.map_err(|_| stopped())?;
@@ -151,6 +183,8 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
 trait Job: Send {
     /// Runs the operation inside the batch transaction; returns whether it succeeded.
     fn run(&mut self, txn: &Transaction<'_>) -> bool;
+    /// The batch committed: hand what the job produced to `feed`. Called before `reply`.
+    fn committed(&mut self, _feed: Option<&dyn ChatFeed>) {}
     /// Sends the result, or `batch_error` if the batch did not commit (the job may not have run).
     fn reply(self: Box<Self>, batch_error: Option<&str>);
 }
@@ -186,16 +220,62 @@ where
     }
 }
 
+/// A `Call` whose result carries chat events, fed once the batch has committed.
+struct Emitting<T, F> {
+    f: Option<F>,
+    result: Option<StoreResult<(T, Vec<ChatEvent>)>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Emitting<T, F>
+where
+    T: Send,
+    F: FnOnce(&Transaction<'_>) -> StoreResult<(T, Vec<ChatEvent>)> + Send,
+{
+    fn run(&mut self, txn: &Transaction<'_>) -> bool {
+        let f = self.f.take().expect("a job runs at most once");
+        let result = f(txn);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn committed(&mut self, feed: Option<&dyn ChatFeed>) {
+        if let (Some(feed), Some(Ok((_, events)))) = (feed, &self.result) {
+            for event in events {
+                feed.committed(event);
+            }
+        }
+    }
+
+    fn reply(self: Box<Self>, batch_error: Option<&str>) {
+        let result = match (batch_error, self.result) {
+            (None, Some(result)) => result.map(|(t, _)| t),
+            (Some(e), _) => Err(StoreError::Backend(e.to_owned())),
+            (None, None) => Err(StoreError::Backend("job skipped".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
 /// The store thread: batches until the queue is closed and drained.
-fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
+fn run(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn Job>>,
+    feed: &OnceLock<Arc<dyn ChatFeed>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Blocks for the first job, then takes whatever else is already queued.
     while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let error = run_batch(&mut conn, &mut batch)
             .err()
             .map(|e| e.to_string());
-        // Replies only now: every `Ok` a caller sees has been committed.
-        for job in batch.drain(..) {
+        // Feeds and replies only now, in job order: every event fed and every `Ok` a caller
+        // sees has been committed, and a room's events are fed in offset order.
+        for mut job in batch.drain(..) {
+            if error.is_none() {
+                job.committed(feed.get().map(|f| &**f));
+            }
             job.reply(error.as_deref());
         }
     }
@@ -267,6 +347,21 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             s.query_map([user], space_row)
+                .and_then(Iterator::collect)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn memberships_of(&self, user: &str) -> StoreResult<Vec<Member>> {
+        let user = user.to_owned();
+        self.call(move |txn| {
+            let mut s = txn
+                .prepare_cached(
+                    "SELECT space, user, org, role FROM members WHERE user = ?1 ORDER BY space",
+                )
+                .map_err(backend)?;
+            s.query_map([user], member_row)
                 .and_then(Iterator::collect)
                 .map_err(backend)
         })
@@ -366,11 +461,11 @@ fn member_row(row: &Row<'_>) -> rusqlite::Result<Member> {
 }
 
 /// Whether `e` is the constraint violation with this extended result code.
-fn is_constraint(e: &rusqlite::Error, extended_code: i32) -> bool {
+pub(super) fn is_constraint(e: &rusqlite::Error, extended_code: i32) -> bool {
     e.sqlite_extended_error_code() == Some(extended_code)
 }
 
-fn backend(e: rusqlite::Error) -> StoreError {
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 

@@ -115,3 +115,50 @@ async fn connections() {
     assert!(report.summary["server_rss_per_connection_kib"].is_number());
     assert_eq!(step.latency.as_ref().unwrap().count, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_storm() {
+    let s = TestServer::with(|c| {
+        c.rate_per_sec = 1_000_000;
+        c.rate_burst = 1_000_000;
+        c.presence_grace_ms = 200;
+        c.presence_flush_ms = 50;
+    })
+    .await;
+    let scenario = args(
+        &s,
+        Tr::Ws,
+        &[
+            "presence",
+            "-n",
+            "120",
+            "--space-size",
+            "50",
+            "-w",
+            "2",
+            "--down-ms",
+            "500",
+            "--quiet-ms",
+            "300",
+        ],
+    );
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.steps.len(), 2, "{}", report.render());
+    for step in &report.steps {
+        assert!(step.pass, "{}", report.render());
+        // 3 spaces of 50, 50, 20 members, 2 watchers each.
+        assert_eq!(step.counter("changes"), 120);
+        assert_eq!(step.counter("watchers"), 6);
+        let frames = step.counter("frames");
+        assert!(frames > 0, "{}", report.render());
+        // Batched: far fewer than one message per change per watcher.
+        assert!(
+            frames * 4 < step.counter("naive_messages"),
+            "{}",
+            report.render()
+        );
+        assert!(step.counter("entries") >= 120, "{}", report.render());
+    }
+    assert_eq!(report.summary["pass"], true);
+    assert!(report.summary["settle_s"].as_f64().unwrap() < 10.0);
+}

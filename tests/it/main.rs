@@ -2,8 +2,10 @@
 
 mod api;
 mod bench;
+mod chat;
 mod cli;
 mod fanout;
+mod presence;
 mod session;
 mod tidy;
 mod util;

@@ -1,0 +1,1216 @@
+//! [`ChatStore`] on the embedded SQLite store: the same writer thread and group commit as the
+//! rest of [`SqliteStore`]. Writes that append to a room's stream run through `call_emitting`,
+//! so their events reach the feed in commit order once the batch's COMMIT has returned.
+
+use super::sqlite::{SqliteStore, backend, is_constraint};
+use super::{
+    ChatEvent, ChatFeed, ChatStore, EventKind, Hit, Message, NewMessage, Page, Reaction, ReadState,
+    Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery, Sent, StoreError, StoreResult,
+    ThreadSummary, UNREAD_CAP,
+};
+use crate::access::Role;
+use rusqlite::{OptionalExtension, Row, Transaction, ffi, params};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Migration 2. Rooms have an integer key (`rid`) so that the large tables key on it rather than
+/// on (space, room) strings. A room's stream is `chat_events`; `chat_messages` holds each
+/// message's current state under the offset of the event that sent it.
+pub(super) const SCHEMA: &str = "
+    CREATE TABLE rooms (
+        rid INTEGER PRIMARY KEY,
+        space TEXT NOT NULL REFERENCES spaces(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        private INTEGER NOT NULL,
+        archived INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        head INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        dm_key TEXT,
+        UNIQUE (space, id),
+        UNIQUE (space, dm_key)
+    );
+    CREATE TABLE room_members (
+        rid INTEGER NOT NULL REFERENCES rooms(rid) ON DELETE CASCADE,
+        user TEXT NOT NULL,
+        org TEXT NOT NULL,
+        role TEXT NOT NULL,
+        joined_ms INTEGER NOT NULL,
+        PRIMARY KEY (rid, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX room_members_by_user ON room_members(user);
+    CREATE TABLE chat_messages (
+        rid INTEGER NOT NULL REFERENCES rooms(rid) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        author TEXT NOT NULL,
+        body TEXT,
+        format TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        edited_ms INTEGER,
+        deleted_ms INTEGER,
+        mentions TEXT,
+        thread INTEGER,
+        reply_count INTEGER NOT NULL DEFAULT 0,
+        last_reply INTEGER,
+        last_reply_ms INTEGER,
+        PRIMARY KEY (rid, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX chat_messages_by_client_id ON chat_messages(rid, author, client_id);
+    CREATE INDEX chat_messages_by_thread ON chat_messages(rid, thread, seq)
+        WHERE thread IS NOT NULL;
+    CREATE TABLE chat_reactions (
+        rid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (rid, seq, emoji, user),
+        FOREIGN KEY (rid, seq) REFERENCES chat_messages(rid, seq) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE TABLE chat_events (
+        rid INTEGER NOT NULL REFERENCES rooms(rid) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        target INTEGER NOT NULL,
+        PRIMARY KEY (rid, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE chat_revisions (
+        rid INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        rev INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        format TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (rid, seq, rev),
+        FOREIGN KEY (rid, seq) REFERENCES chat_messages(rid, seq) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE TABLE chat_mentions (
+        rid INTEGER NOT NULL REFERENCES rooms(rid) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (rid, seq, user)
+    ) WITHOUT ROWID;
+    CREATE INDEX chat_mentions_by_user ON chat_mentions(rid, user, seq);
+    CREATE TABLE chat_reads (
+        rid INTEGER NOT NULL REFERENCES rooms(rid) ON DELETE CASCADE,
+        user TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (rid, user)
+    ) WITHOUT ROWID;
+    -- Full-text index of live message bodies. The rowid is the message's key (`fts_key`); the
+    -- `scope` column holds one token naming the room, so a search is confined to the rooms its
+    -- caller may read inside the index itself.
+    CREATE VIRTUAL TABLE chat_fts USING fts5(
+        body, scope, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    -- Leaving a space ends its room memberships, so rejoining it later restores none.
+    CREATE TRIGGER room_members_leave_with_space AFTER DELETE ON members BEGIN
+        DELETE FROM room_members WHERE user = OLD.user
+            AND rid IN (SELECT rid FROM rooms WHERE space = OLD.space);
+    END;
+";
+
+const ROOM_COLUMNS: &str = "rid, space, id, name, private, archived, epoch, head, created_by,
+     created_ms, dm_key IS NOT NULL";
+const MESSAGE_COLUMNS: &str = "m.seq, m.client_id, m.author, m.body, m.format, m.created_ms,
+     m.edited_ms, m.deleted_ms, m.mentions, m.thread, m.reply_count, m.last_reply,
+     m.last_reply_ms";
+
+/// The full-text index's rowid of message `seq` of room `rid`: 40 bits of offset per room.
+fn fts_key(rid: i64, seq: u64) -> i64 {
+    (rid << 40) | (seq as i64 & ((1 << 40) - 1))
+}
+
+/// The token of room `rid` in the full-text index's `scope` column.
+fn fts_scope(rid: i64) -> String {
+    format!("r{rid}")
+}
+
+fn fts_put(txn: &Transaction<'_>, rid: i64, seq: u64, body: &str) -> StoreResult<()> {
+    txn.prepare_cached("INSERT OR REPLACE INTO chat_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![fts_key(rid, seq), body, fts_scope(rid)]))
+        .map(drop)
+        .map_err(backend)
+}
+
+fn fts_remove(txn: &Transaction<'_>, rid: i64, seq: u64) -> StoreResult<()> {
+    txn.prepare_cached("DELETE FROM chat_fts WHERE rowid = ?1")
+        .and_then(|mut s| s.execute([fts_key(rid, seq)]))
+        .map(drop)
+        .map_err(backend)
+}
+
+/// An FTS5 query string matching every one of `terms` as a word, however it is spelt: each term
+/// is quoted, so nothing in it is query syntax.
+fn fts_terms(terms: &[String]) -> String {
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A room row with its key.
+struct Keyed {
+    rid: i64,
+    room: Room,
+}
+
+fn room_row(row: &Row<'_>) -> rusqlite::Result<Keyed> {
+    Ok(Keyed {
+        rid: row.get(0)?,
+        room: Room {
+            space: row.get(1)?,
+            id: row.get(2)?,
+            name: row.get(3)?,
+            private: row.get(4)?,
+            archived: row.get(5)?,
+            epoch: row.get::<_, i64>(6)? as u64,
+            head: row.get::<_, i64>(7)? as u64,
+            created_by: row.get(8)?,
+            created_ms: row.get(9)?,
+            direct: row.get(10)?,
+        },
+    })
+}
+
+/// A message from `MESSAGE_COLUMNS` starting at column `at`.
+fn message_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    Ok(Message {
+        offset: row.get::<_, i64>(at)? as u64,
+        client_id: row.get(at + 1)?,
+        author: row.get(at + 2)?,
+        body: row.get(at + 3)?,
+        format: row.get(at + 4)?,
+        created_ms: row.get(at + 5)?,
+        edited_ms: row.get(at + 6)?,
+        deleted_ms: row.get(at + 7)?,
+        mentions: match row.get::<_, Option<String>>(at + 8)? {
+            None => Vec::new(),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    at + 8,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+        },
+        thread: row.get::<_, Option<i64>>(at + 9)?.map(|t| t as u64),
+        replies: match row.get::<_, i64>(at + 10)? {
+            0 => None,
+            count => Some(ThreadSummary {
+                count: count as u64,
+                last_offset: row.get::<_, Option<i64>>(at + 11)?.unwrap_or(0) as u64,
+                last_ms: row.get::<_, Option<i64>>(at + 12)?.unwrap_or(0),
+            }),
+        },
+        // Filled by `fill_reactions`.
+        reactions: Vec::new(),
+    })
+}
+
+/// Load the reactions of `messages` (all of room `rid`).
+fn fill_reactions(txn: &Transaction<'_>, rid: i64, messages: &mut [Message]) -> StoreResult<()> {
+    let mut s = txn
+        .prepare_cached(
+            "SELECT emoji, user FROM chat_reactions WHERE rid = ?1 AND seq = ?2
+             ORDER BY emoji, user",
+        )
+        .map_err(backend)?;
+    for message in messages {
+        let rows: Vec<(String, String)> = s
+            .query_map(params![rid, message.offset as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(Iterator::collect)
+            .map_err(backend)?;
+        let mut reactions: Vec<Reaction> = Vec::new();
+        for (emoji, user) in rows {
+            match reactions.last_mut() {
+                Some(last) if last.emoji == emoji => {
+                    last.count += 1;
+                    last.users.push(user);
+                }
+                _ => reactions.push(Reaction {
+                    emoji,
+                    count: 1,
+                    users: vec![user],
+                }),
+            }
+        }
+        message.reactions = reactions;
+    }
+    Ok(())
+}
+
+/// Recount the replies of thread `root` into its summary.
+fn summarize_thread(txn: &Transaction<'_>, rid: i64, root: u64) -> StoreResult<()> {
+    txn.prepare_cached(
+        "UPDATE chat_messages SET
+             reply_count = (SELECT COUNT(*) FROM chat_messages r
+                            WHERE r.rid = ?1 AND r.thread = ?2 AND r.deleted_ms IS NULL),
+             last_reply = (SELECT MAX(r.seq) FROM chat_messages r
+                           WHERE r.rid = ?1 AND r.thread = ?2 AND r.deleted_ms IS NULL),
+             last_reply_ms = (SELECT r.created_ms FROM chat_messages r
+                              WHERE r.rid = ?1 AND r.thread = ?2 AND r.deleted_ms IS NULL
+                              ORDER BY r.seq DESC LIMIT 1)
+         WHERE rid = ?1 AND seq = ?2",
+    )
+    .and_then(|mut s| s.execute(params![rid, root as i64]))
+    .map(drop)
+    .map_err(backend)
+}
+
+/// The offset `user` has read `rid` up to (0: nothing).
+fn last_read(txn: &Transaction<'_>, rid: i64, user: &str) -> StoreResult<u64> {
+    Ok(txn
+        .prepare_cached("SELECT seq FROM chat_reads WHERE rid = ?1 AND user = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![rid, user], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map_err(backend)?
+        .map_or(0, |seq| seq as u64))
+}
+
+/// The read state of `user` in `room`, all counted in the current transaction.
+fn read_state(txn: &Transaction<'_>, room: &Keyed, user: &str) -> StoreResult<ReadState> {
+    let last_read = last_read(txn, room.rid, user)?;
+    let count = |sql: &str| -> StoreResult<u64> {
+        txn.prepare_cached(sql)
+            .and_then(|mut s| {
+                s.query_row(
+                    params![room.rid, last_read as i64, user, UNREAD_CAP as i64],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .map(|n| n as u64)
+            .map_err(backend)
+    };
+    // Bounded: counting stops at the cap however far behind the user is.
+    let unread = count(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM chat_messages WHERE rid = ?1 AND seq > ?2
+         AND author != ?3 AND deleted_ms IS NULL LIMIT ?4)",
+    )?;
+    let mentions = count(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM chat_mentions WHERE rid = ?1 AND user = ?3
+         AND seq > ?2 LIMIT ?4)",
+    )?;
+    Ok(ReadState {
+        space: room.room.space.clone(),
+        room: room.room.id.clone(),
+        head: room.room.head,
+        last_read,
+        unread,
+        mentions,
+    })
+}
+
+fn parse_role(role: &str, column: usize) -> rusqlite::Result<Role> {
+    Role::parse(role).ok_or_else(|| {
+        let e = format!("unknown role {role:?}").into();
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e)
+    })
+}
+
+fn find_room(txn: &Transaction<'_>, space: &str, id: &str) -> StoreResult<Option<Keyed>> {
+    txn.prepare_cached(&format!(
+        "SELECT {ROOM_COLUMNS} FROM rooms WHERE space = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| s.query_row([space, id], room_row).optional())
+    .map_err(backend)
+}
+
+fn need_room(txn: &Transaction<'_>, space: &str, id: &str) -> StoreResult<Keyed> {
+    find_room(txn, space, id)?.ok_or_else(|| StoreError::NotFound(format!("room {space}/{id}")))
+}
+
+fn find_message(txn: &Transaction<'_>, rid: i64, offset: u64) -> StoreResult<Option<Message>> {
+    txn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM chat_messages m WHERE m.rid = ?1 AND m.seq = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![rid, offset as i64], |r| message_row(r, 0))
+            .optional()
+    })
+    .map_err(backend)
+    .and_then(|message| match message {
+        Some(mut message) => {
+            fill_reactions(txn, rid, std::slice::from_mut(&mut message))?;
+            Ok(Some(message))
+        }
+        None => Ok(None),
+    })
+}
+
+/// Append an event to the room's stream: the next offset, recorded and made the head.
+fn append(
+    txn: &Transaction<'_>,
+    room: &Keyed,
+    kind: EventKind,
+    target: Option<u64>,
+) -> StoreResult<u64> {
+    let offset = room.room.head + 1;
+    let target = target.unwrap_or(offset);
+    txn.prepare_cached("INSERT INTO chat_events (rid, seq, kind, target) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut s| {
+            s.execute(params![
+                room.rid,
+                offset as i64,
+                kind.as_str(),
+                target as i64
+            ])
+        })
+        .map_err(backend)?;
+    txn.prepare_cached("UPDATE rooms SET head = ?2 WHERE rid = ?1")
+        .and_then(|mut s| s.execute(params![room.rid, offset as i64]))
+        .map_err(backend)?;
+    Ok(offset)
+}
+
+fn event(
+    txn: &Transaction<'_>,
+    room: &Keyed,
+    offset: u64,
+    kind: EventKind,
+    message: Message,
+) -> StoreResult<ChatEvent> {
+    let mut event = ChatEvent {
+        space: room.room.space.clone(),
+        room: room.room.id.clone(),
+        offset,
+        kind,
+        message,
+        root: None,
+    };
+    add_root(txn, room.rid, &mut event)?;
+    Ok(event)
+}
+
+/// Attach the thread's root to an event about a reply.
+fn add_root(txn: &Transaction<'_>, rid: i64, event: &mut ChatEvent) -> StoreResult<()> {
+    if let Some(root) = event.message.thread {
+        event.root = find_message(txn, rid, root)?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ChatStore for SqliteStore {
+    fn set_feed(&self, feed: Arc<dyn ChatFeed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    async fn create_room(&self, room: Room, owner: RoomMember) -> StoreResult<()> {
+        self.call(move |txn| {
+            let inserted = txn
+                .prepare_cached(
+                    "INSERT INTO rooms (space, id, name, private, archived, epoch, head,
+                                        created_by, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        room.space,
+                        room.id,
+                        room.name,
+                        room.private,
+                        room.archived,
+                        room.epoch as i64,
+                        room.created_by,
+                        room.created_ms
+                    ])
+                });
+            match inserted {
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "room {}/{}",
+                        room.space, room.id
+                    )));
+                }
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                    return Err(StoreError::NotFound(format!("space {}", room.space)));
+                }
+                r => r.map_err(backend)?,
+            };
+            let rid = txn.last_insert_rowid();
+            upsert_room_member(txn, rid, &owner)
+        })
+        .await
+    }
+
+    async fn open_direct(
+        &self,
+        room: Room,
+        members: Vec<RoomMember>,
+        key: String,
+    ) -> StoreResult<(Room, bool)> {
+        self.call(move |txn| {
+            let existing = txn
+                .prepare_cached(&format!(
+                    "SELECT {ROOM_COLUMNS} FROM rooms WHERE space = ?1 AND dm_key = ?2"
+                ))
+                .and_then(|mut s| s.query_row([&room.space, &key], room_row).optional())
+                .map_err(backend)?;
+            if let Some(existing) = existing {
+                return Ok((existing.room, false));
+            }
+            let inserted = txn
+                .prepare_cached(
+                    "INSERT INTO rooms (space, id, name, private, archived, epoch, head,
+                                        created_by, created_ms, dm_key)
+                     VALUES (?1, ?2, ?3, 1, 0, ?4, 0, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        room.space,
+                        room.id,
+                        room.name,
+                        room.epoch as i64,
+                        room.created_by,
+                        room.created_ms,
+                        key
+                    ])
+                });
+            match inserted {
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_UNIQUE) => {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "room {}/{}",
+                        room.space, room.id
+                    )));
+                }
+                Err(e) if is_constraint(&e, ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                    return Err(StoreError::NotFound(format!("space {}", room.space)));
+                }
+                r => r.map_err(backend)?,
+            };
+            let rid = txn.last_insert_rowid();
+            for member in &members {
+                upsert_room_member(txn, rid, member)?;
+            }
+            let room = Room {
+                private: true,
+                archived: false,
+                direct: true,
+                head: 0,
+                ..room
+            };
+            Ok((room, true))
+        })
+        .await
+    }
+
+    async fn room(&self, space: &str, id: &str) -> StoreResult<Option<Room>> {
+        let (space, id) = (space.to_owned(), id.to_owned());
+        self.call(move |txn| Ok(find_room(txn, &space, &id)?.map(|k| k.room)))
+            .await
+    }
+
+    async fn rooms_of(&self, space: &str, user: &str) -> StoreResult<Vec<(Room, Option<Role>)>> {
+        let (space, user) = (space.to_owned(), user.to_owned());
+        self.call(move |txn| {
+            let mut s = txn
+                .prepare_cached(&format!(
+                    "SELECT {ROOM_COLUMNS}, (SELECT role FROM room_members m
+                                             WHERE m.rid = rooms.rid AND m.user = ?2)
+                     FROM rooms WHERE space = ?1 ORDER BY id"
+                ))
+                .map_err(backend)?;
+            s.query_map([space, user], |row| {
+                let role: Option<String> = row.get(11)?;
+                let role = role.map(|r| parse_role(&r, 11)).transpose()?;
+                Ok((room_row(row)?.room, role))
+            })
+            .and_then(Iterator::collect)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn update_room(&self, space: &str, id: &str, update: RoomUpdate) -> StoreResult<Room> {
+        let (space, id) = (space.to_owned(), id.to_owned());
+        self.call(move |txn| {
+            let mut room = need_room(txn, &space, &id)?;
+            if let Some(name) = update.name {
+                room.room.name = name;
+            }
+            if let Some(archived) = update.archived {
+                room.room.archived = archived;
+            }
+            txn.prepare_cached("UPDATE rooms SET name = ?2, archived = ?3 WHERE rid = ?1")
+                .and_then(|mut s| s.execute(params![room.rid, room.room.name, room.room.archived]))
+                .map_err(backend)?;
+            Ok(room.room)
+        })
+        .await
+    }
+
+    async fn put_room_member(&self, member: RoomMember) -> StoreResult<()> {
+        self.call(move |txn| {
+            let room = need_room(txn, &member.space, &member.room)?;
+            upsert_room_member(txn, room.rid, &member)
+        })
+        .await
+    }
+
+    async fn remove_room_member(&self, space: &str, room: &str, user: &str) -> StoreResult<bool> {
+        let (space, room, user) = (space.to_owned(), room.to_owned(), user.to_owned());
+        self.call(move |txn| {
+            txn.prepare_cached(
+                "DELETE FROM room_members WHERE user = ?3
+                 AND rid = (SELECT rid FROM rooms WHERE space = ?1 AND id = ?2)",
+            )
+            .and_then(|mut s| s.execute([space, room, user]))
+            .map(|n| n > 0)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn room_members(&self, space: &str, room: &str) -> StoreResult<Vec<RoomMember>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| {
+            let mut s = txn
+                .prepare_cached(
+                    "SELECT r.space, r.id, m.user, m.org, m.role, m.joined_ms
+                     FROM room_members m JOIN rooms r ON r.rid = m.rid
+                     WHERE r.space = ?1 AND r.id = ?2 ORDER BY m.user",
+                )
+                .map_err(backend)?;
+            s.query_map([space, room], |row| {
+                let role: String = row.get(4)?;
+                Ok(RoomMember {
+                    space: row.get(0)?,
+                    room: row.get(1)?,
+                    user: row.get(2)?,
+                    org: row.get(3)?,
+                    role: parse_role(&role, 4)?,
+                    joined_ms: row.get(5)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn send(&self, new: NewMessage) -> StoreResult<Sent> {
+        self.call_emitting(move |txn| {
+            let room = need_room(txn, &new.space, &new.room)?;
+            let earlier = txn
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM chat_messages m
+                     WHERE m.rid = ?1 AND m.author = ?2 AND m.client_id = ?3"
+                ))
+                .and_then(|mut s| {
+                    s.query_row(params![room.rid, new.author, new.client_id], |r| {
+                        message_row(r, 0)
+                    })
+                    .optional()
+                })
+                .map_err(backend)?;
+            if let Some(mut message) = earlier {
+                fill_reactions(txn, room.rid, std::slice::from_mut(&mut message))?;
+                let sent = Sent {
+                    message,
+                    epoch: room.room.epoch,
+                    duplicate: true,
+                };
+                return Ok((sent, Vec::new()));
+            }
+            if let Some(root) = new.thread {
+                let root = find_message(txn, room.rid, root)?
+                    .filter(|m| m.deleted_ms.is_none() && m.thread.is_none());
+                if root.is_none() {
+                    return Err(StoreError::NotFound(format!(
+                        "thread root {} (a message that is not a reply)",
+                        new.thread.unwrap_or(0)
+                    )));
+                }
+            }
+            let offset = append(txn, &room, EventKind::Message, None)?;
+            let mentions = (!new.mentions.is_empty())
+                .then(|| serde_json::to_string(&new.mentions).expect("strings serialize"));
+            txn.prepare_cached(
+                "INSERT INTO chat_messages
+                     (rid, seq, client_id, author, body, format, created_ms, mentions, thread)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room.rid,
+                    offset as i64,
+                    new.client_id,
+                    new.author,
+                    new.body,
+                    new.format,
+                    new.at_ms,
+                    mentions,
+                    new.thread.map(|t| t as i64)
+                ])
+            })
+            .map_err(backend)?;
+            if let Some(root) = new.thread {
+                txn.prepare_cached(
+                    "UPDATE chat_messages SET reply_count = reply_count + 1, last_reply = ?3,
+                         last_reply_ms = ?4
+                     WHERE rid = ?1 AND seq = ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![room.rid, root as i64, offset as i64, new.at_ms])
+                })
+                .map_err(backend)?;
+            }
+            fts_put(txn, room.rid, offset, &new.body)?;
+            for user in &new.mentions {
+                txn.prepare_cached(
+                    "INSERT OR IGNORE INTO chat_mentions (rid, seq, user) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![room.rid, offset as i64, user]))
+                .map_err(backend)?;
+            }
+            let message = Message {
+                offset,
+                client_id: new.client_id,
+                author: new.author,
+                body: Some(new.body),
+                format: new.format,
+                created_ms: new.at_ms,
+                edited_ms: None,
+                deleted_ms: None,
+                mentions: new.mentions,
+                thread: new.thread,
+                replies: None,
+                reactions: Vec::new(),
+            };
+            let events = vec![event(
+                txn,
+                &room,
+                offset,
+                EventKind::Message,
+                message.clone(),
+            )?];
+            let sent = Sent {
+                message,
+                epoch: room.room.epoch,
+                duplicate: false,
+            };
+            Ok((sent, events))
+        })
+        .await
+    }
+
+    async fn message(&self, space: &str, room: &str, offset: u64) -> StoreResult<Option<Message>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| match find_room(txn, &space, &room)? {
+            Some(room) => find_message(txn, room.rid, offset),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn edit(
+        &self,
+        space: &str,
+        room: &str,
+        offset: u64,
+        body: String,
+        format: String,
+        at_ms: i64,
+    ) -> StoreResult<ChatEvent> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call_emitting(move |txn| {
+            let room = need_room(txn, &space, &room)?;
+            let mut message = find_message(txn, room.rid, offset)?
+                .filter(|m| m.deleted_ms.is_none())
+                .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
+            let old = message.body.take().expect("live messages have a body");
+            let written = message.edited_ms.unwrap_or(message.created_ms);
+            txn.prepare_cached(
+                "INSERT INTO chat_revisions (rid, seq, rev, body, format, at_ms)
+                 SELECT ?1, ?2, COALESCE(MAX(rev), 0) + 1, ?3, ?4, ?5
+                 FROM chat_revisions WHERE rid = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room.rid,
+                    offset as i64,
+                    old,
+                    message.format,
+                    written
+                ])
+            })
+            .map_err(backend)?;
+            txn.prepare_cached(
+                "UPDATE chat_messages SET body = ?3, format = ?4, edited_ms = ?5
+                 WHERE rid = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![room.rid, offset as i64, body, format, at_ms]))
+            .map_err(backend)?;
+            fts_put(txn, room.rid, offset, &body)?;
+            let at = append(txn, &room, EventKind::Edit, Some(offset))?;
+            message.body = Some(body);
+            message.format = format;
+            message.edited_ms = Some(at_ms);
+            let event = event(txn, &room, at, EventKind::Edit, message)?;
+            Ok((event.clone(), vec![event]))
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        space: &str,
+        room: &str,
+        offset: u64,
+        at_ms: i64,
+    ) -> StoreResult<Option<ChatEvent>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call_emitting(move |txn| {
+            let room = need_room(txn, &space, &room)?;
+            let mut message = find_message(txn, room.rid, offset)?
+                .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
+            if message.deleted_ms.is_some() {
+                return Ok((None, Vec::new()));
+            }
+            txn.prepare_cached(
+                "UPDATE chat_messages SET body = NULL, deleted_ms = ?3, mentions = NULL
+                 WHERE rid = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![room.rid, offset as i64, at_ms]))
+            .map_err(backend)?;
+            if let Some(root) = message.thread {
+                summarize_thread(txn, room.rid, root)?;
+            }
+            fts_remove(txn, room.rid, offset)?;
+            for table in ["chat_revisions", "chat_mentions", "chat_reactions"] {
+                txn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1 AND seq = ?2"))
+                    .and_then(|mut s| s.execute(params![room.rid, offset as i64]))
+                    .map_err(backend)?;
+            }
+            let at = append(txn, &room, EventKind::Delete, Some(offset))?;
+            message.body = None;
+            message.deleted_ms = Some(at_ms);
+            message.mentions.clear();
+            message.reactions.clear();
+            let event = event(txn, &room, at, EventKind::Delete, message)?;
+            Ok((Some(event.clone()), vec![event]))
+        })
+        .await
+    }
+
+    async fn react(
+        &self,
+        space: &str,
+        room: &str,
+        offset: u64,
+        emoji: &str,
+        user: &str,
+        add: bool,
+        at_ms: i64,
+    ) -> StoreResult<Option<ChatEvent>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        let (emoji, user) = (emoji.to_owned(), user.to_owned());
+        self.call_emitting(move |txn| {
+            let room = need_room(txn, &space, &room)?;
+            find_message(txn, room.rid, offset)?
+                .filter(|m| m.deleted_ms.is_none())
+                .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
+            let changed = if add {
+                txn.prepare_cached(
+                    "INSERT OR IGNORE INTO chat_reactions (rid, seq, emoji, user, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut s| s.execute(params![room.rid, offset as i64, emoji, user, at_ms]))
+            } else {
+                txn.prepare_cached(
+                    "DELETE FROM chat_reactions WHERE rid = ?1 AND seq = ?2 AND emoji = ?3
+                     AND user = ?4",
+                )
+                .and_then(|mut s| s.execute(params![room.rid, offset as i64, emoji, user]))
+            }
+            .map_err(backend)?;
+            if changed == 0 {
+                return Ok((None, Vec::new()));
+            }
+            let at = append(txn, &room, EventKind::Reaction, Some(offset))?;
+            let message = find_message(txn, room.rid, offset)?.expect("found above");
+            let event = event(txn, &room, at, EventKind::Reaction, message)?;
+            Ok((Some(event.clone()), vec![event]))
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        space: &str,
+        rooms: Vec<String>,
+        query: SearchQuery,
+    ) -> StoreResult<Vec<Hit>> {
+        let space = space.to_owned();
+        self.call(move |txn| {
+            let mut keyed = Vec::with_capacity(rooms.len());
+            for id in &rooms {
+                if let Some(room) = find_room(txn, &space, id)? {
+                    keyed.push(room);
+                }
+            }
+            if keyed.is_empty() || query.terms.is_empty() {
+                return Ok(Vec::new());
+            }
+            let scopes: Vec<String> = keyed.iter().map(|r| fts_scope(r.rid)).collect();
+            let matching = format!(
+                "body : ({}) AND scope : ({})",
+                fts_terms(&query.terms),
+                scopes.join(" OR ")
+            );
+            let ids: HashMap<i64, &str> =
+                keyed.iter().map(|r| (r.rid, r.room.id.as_str())).collect();
+            let mut s = txn
+                .prepare_cached(&format!(
+                    "SELECT f.rank, m.rid, {MESSAGE_COLUMNS}
+                     FROM chat_fts f JOIN chat_messages m
+                         ON m.rid = (f.rowid >> 40) AND m.seq = (f.rowid & 1099511627775)
+                     WHERE chat_fts MATCH ?1
+                         AND (?2 IS NULL OR m.author = ?2)
+                         AND (?3 IS NULL OR m.created_ms >= ?3)
+                         AND (?4 IS NULL OR m.created_ms < ?4)
+                     ORDER BY f.rank, m.created_ms DESC LIMIT ?5 OFFSET ?6"
+                ))
+                .map_err(backend)?;
+            let rows: Vec<(f64, i64, Message)> = s
+                .query_map(
+                    params![
+                        matching,
+                        query.author,
+                        query.from_ms,
+                        query.until_ms,
+                        query.limit as i64,
+                        query.skip as i64
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?, message_row(row, 2)?)),
+                )
+                .and_then(Iterator::collect)
+                .map_err(backend)?;
+            let mut hits = Vec::with_capacity(rows.len());
+            for (rank, rid, mut message) in rows {
+                fill_reactions(txn, rid, std::slice::from_mut(&mut message))?;
+                hits.push(Hit {
+                    room: ids.get(&rid).map_or_else(String::new, |id| id.to_string()),
+                    score: -rank,
+                    message,
+                });
+            }
+            Ok(hits)
+        })
+        .await
+    }
+
+    async fn revisions(&self, space: &str, room: &str, offset: u64) -> StoreResult<Vec<Revision>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| {
+            let Some(room) = find_room(txn, &space, &room)? else {
+                return Ok(Vec::new());
+            };
+            let mut s = txn
+                .prepare_cached(
+                    "SELECT body, format, at_ms FROM chat_revisions
+                     WHERE rid = ?1 AND seq = ?2 ORDER BY rev",
+                )
+                .map_err(backend)?;
+            s.query_map(params![room.rid, offset as i64], |row| {
+                Ok(Revision {
+                    body: row.get(0)?,
+                    format: row.get(1)?,
+                    at_ms: row.get(2)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        space: &str,
+        room: &str,
+        page: Page,
+    ) -> StoreResult<(Vec<Message>, bool)> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| {
+            let Some(room) = find_room(txn, &space, &room)? else {
+                return Ok((Vec::new(), false));
+            };
+            let before = page
+                .before
+                .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+            // One more than asked tells whether the page is the last in its direction.
+            let fetch = page.limit.saturating_add(1).min(i64::MAX as usize) as i64;
+            // Top-level messages walk the primary key; a thread's replies its index.
+            let filter = if page.thread.is_some() {
+                "m.thread = ?5"
+            } else {
+                "m.thread IS NULL AND ?5 IS NULL"
+            };
+            let (order, after) = match page.after {
+                Some(after) => ("ASC", after.min(i64::MAX as u64) as i64),
+                None => ("DESC", 0),
+            };
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages m
+                 WHERE m.rid = ?1 AND m.seq > ?2 AND m.seq < ?3 AND {filter}
+                 ORDER BY m.seq {order} LIMIT ?4"
+            );
+            let thread = page.thread.map(|t| t.min(i64::MAX as u64) as i64);
+            let mut s = txn.prepare_cached(&sql).map_err(backend)?;
+            let mut messages: Vec<Message> = s
+                .query_map(params![room.rid, after, before, fetch, thread], |r| {
+                    message_row(r, 0)
+                })
+                .and_then(Iterator::collect)
+                .map_err(backend)?;
+            fill_reactions(txn, room.rid, &mut messages)?;
+            let more = messages.len() > page.limit;
+            messages.truncate(page.limit);
+            if page.after.is_none() {
+                messages.reverse();
+            }
+            Ok((messages, more))
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        space: &str,
+        room: &str,
+        user: &str,
+        offset: u64,
+        at_ms: i64,
+    ) -> StoreResult<(ReadState, bool)> {
+        let (space, room, user) = (space.to_owned(), room.to_owned(), user.to_owned());
+        self.call(move |txn| {
+            let room = need_room(txn, &space, &room)?;
+            let offset = offset.min(room.room.head);
+            let moved = offset > last_read(txn, room.rid, &user)?;
+            if moved {
+                txn.prepare_cached(
+                    "INSERT INTO chat_reads (rid, user, seq, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (rid, user) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms",
+                )
+                .and_then(|mut s| s.execute(params![room.rid, user, offset as i64, at_ms]))
+                .map_err(backend)?;
+            }
+            Ok((read_state(txn, &room, &user)?, moved))
+        })
+        .await
+    }
+
+    async fn read_states(&self, space: &str, user: &str) -> StoreResult<Vec<ReadState>> {
+        let (space, user) = (space.to_owned(), user.to_owned());
+        self.call(move |txn| {
+            let rooms: Vec<Keyed> = txn
+                .prepare_cached(&format!(
+                    "SELECT {ROOM_COLUMNS} FROM rooms
+                     WHERE space = ?1 AND rid IN (SELECT rid FROM room_members WHERE user = ?2)
+                     ORDER BY id"
+                ))
+                .and_then(|mut s| s.query_map([&space, &user], room_row)?.collect())
+                .map_err(backend)?;
+            rooms
+                .iter()
+                .map(|room| read_state(txn, room, &user))
+                .collect()
+        })
+        .await
+    }
+
+    async fn receipts(&self, space: &str, room: &str) -> StoreResult<Vec<Receipt>> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| {
+            let Some(room) = find_room(txn, &space, &room)? else {
+                return Ok(Vec::new());
+            };
+            let mut s = txn
+                .prepare_cached(
+                    "SELECT user, seq, at_ms FROM chat_reads WHERE rid = ?1 AND seq > 0
+                     ORDER BY user",
+                )
+                .map_err(backend)?;
+            s.query_map([room.rid], |row| {
+                Ok(Receipt {
+                    user: row.get(0)?,
+                    offset: row.get::<_, i64>(1)? as u64,
+                    at_ms: row.get(2)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        space: &str,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<(Vec<ChatEvent>, u64)> {
+        let (space, room) = (space.to_owned(), room.to_owned());
+        self.call(move |txn| {
+            let Some(room) = find_room(txn, &space, &room)? else {
+                return Ok((Vec::new(), 0));
+            };
+            let mut s = txn
+                .prepare_cached(&format!(
+                    "SELECT e.seq, e.kind, {MESSAGE_COLUMNS}
+                     FROM chat_events e JOIN chat_messages m ON m.rid = e.rid AND m.seq = e.target
+                     WHERE e.rid = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+                ))
+                .map_err(backend)?;
+            let fetch = limit.min(i64::MAX as usize) as i64;
+            let after = after.min(i64::MAX as u64) as i64;
+            let mut events: Vec<ChatEvent> = s
+                .query_map(params![room.rid, after, fetch], |row| {
+                    let kind: String = row.get(1)?;
+                    let kind = EventKind::parse(&kind).ok_or_else(|| {
+                        let e = format!("unknown event kind {kind:?}").into();
+                        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e)
+                    })?;
+                    Ok(ChatEvent {
+                        space: room.room.space.clone(),
+                        room: room.room.id.clone(),
+                        offset: row.get::<_, i64>(0)? as u64,
+                        kind,
+                        message: message_row(row, 2)?,
+                        root: None,
+                    })
+                })
+                .and_then(Iterator::collect)
+                .map_err(backend)?;
+            for event in &mut events {
+                fill_reactions(txn, room.rid, std::slice::from_mut(&mut event.message))?;
+                add_root(txn, room.rid, event)?;
+            }
+            Ok((events, room.room.head))
+        })
+        .await
+    }
+}
+
+fn upsert_room_member(txn: &Transaction<'_>, rid: i64, member: &RoomMember) -> StoreResult<()> {
+    txn.prepare_cached(
+        "INSERT INTO room_members (rid, user, org, role, joined_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (rid, user) DO UPDATE SET org = excluded.org, role = excluded.role",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            rid,
+            member.user,
+            member.org,
+            member.role.as_str(),
+            member.joined_ms
+        ])
+    })
+    .map(drop)
+    .map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract;
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("chorus.db")).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn rooms_and_room_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::rooms_and_room_members(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn messages_offsets_and_idempotent_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::messages_offsets_and_idempotent_sends(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn edits_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::edits_and_deletes(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn read_state_and_mentions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::read_state_and_mentions(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn threads_and_reactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::threads_and_reactions(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn direct_conversations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::direct_conversations(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn search_within_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::search_within_rooms(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn history_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::history_pages(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn feed_sees_commits_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::feed_sees_commits_in_order(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn leaving_the_space_leaves_its_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::leaving_the_space_leaves_its_rooms(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn chat_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::chat_survives_reopen(&|| {
+            let store = Arc::new(open(&dir));
+            (
+                store.clone() as Arc<dyn crate::store::Store>,
+                store as Arc<dyn ChatStore>,
+            )
+        })
+        .await;
+    }
+}
