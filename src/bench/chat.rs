@@ -26,15 +26,16 @@ const ROOM: &str = "bench";
 #[command(after_help = "\
 The server needs a raised rate limit:
   CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 taskset -c 0 chorus serve
-  taskset -c 1 chorus bench chat -c 16 -w 64 -d 10 --room-messages 1000000 --server-pid <PID>")]
+  taskset -c 1 chorus bench chat -c 512 -w 2 -d 10 --room-messages 1000000 --server-pid <PID>")]
 pub struct ChatArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Sending connections, each its own member of the room.
-    #[arg(short = 'c', long, default_value_t = 8)]
+    /// Sending connections, each its own member of the room. The server runs one connection's
+    /// requests one at a time, so concurrent sends (and group commit) come from connections.
+    #[arg(short = 'c', long, default_value_t = 256)]
     pub connections: usize,
     /// Sends in flight per connection.
-    #[arg(short = 'w', long, default_value_t = 32)]
+    #[arg(short = 'w', long, default_value_t = 2)]
     pub window: usize,
     /// Seconds of sending.
     #[arg(short = 'd', long, default_value_t = 10.0)]
@@ -89,7 +90,8 @@ struct Sent {
     latency_us: Vec<u64>,
 }
 
-/// Keep `window` sends in flight on `conn` until `until`, then collect what is in flight.
+/// Keep `window` sends in flight on `conn` until `until` (or `quota` sends, counted on its
+/// bar), then collect what is in flight.
 async fn send_loop(
     mut conn: Conn,
     prefix: String,
@@ -97,13 +99,14 @@ async fn send_loop(
     body_bytes: usize,
     until: Instant,
     seed: u64,
+    quota: Option<(u64, indicatif::ProgressBar)>,
 ) -> anyhow::Result<Sent> {
     let mut rng = Rng(seed | 1);
     let mut sent = Sent::default();
     let mut in_flight: HashMap<u64, Instant> = HashMap::new();
     let mut n = 0u64;
     loop {
-        let open = Instant::now() < until;
+        let open = Instant::now() < until && quota.as_ref().is_none_or(|(q, _)| n < *q);
         while open && in_flight.len() < window {
             let frame = json!({
                 "type": "chat.send", "space": conn_space(&conn), "room": ROOM,
@@ -120,6 +123,9 @@ async fn send_loop(
         match conn.next_frame().await? {
             ServerFrame::Reply { id, result } => {
                 if let Some(at) = in_flight.remove(&id) {
+                    if let Some((_, bar)) = &quota {
+                        bar.inc(1);
+                    }
                     sent.acked += 1;
                     sent.latency_us.push(at.elapsed().as_micros() as u64);
                     sent.offsets.push(result["offset"].as_u64().unwrap_or(0));
@@ -179,6 +185,7 @@ async fn measure(
     Ok((hist, errors, started.elapsed().as_secs_f64()))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn step(
     label: &str,
     unit: &str,
@@ -259,6 +266,7 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<Report> {
                 args.body_bytes,
                 until,
                 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1),
+                None,
             ))
         })
         .collect();
@@ -304,36 +312,53 @@ pub async fn run(args: &ChatArgs) -> anyhow::Result<Report> {
     let sync = json!({"type": "chat.sync", "space": space, "room": ROOM, "after": 0, "limit": 0});
     let mut room_head = head(&request(&mut setup, sync.clone()).await?);
     if room_head < args.room_messages {
-        let bar = target
-            .ui
-            .bar(args.room_messages - room_head, "filling the room");
-        let mut rng = Rng(7);
-        let mut n = 0u64;
-        let mut in_flight = 0usize;
-        let window = 512;
-        while room_head + n < args.room_messages || in_flight > 0 {
-            while in_flight < window && room_head + n < args.room_messages {
-                let frame = json!({
-                    "type": "chat.send", "space": space, "room": ROOM,
-                    "client_id": format!("{run_id}-fill-{n}"), "body": body(&mut rng, args.body_bytes),
-                });
-                setup.queue_request(frame)?;
-                n += 1;
-                in_flight += 1;
-            }
-            setup.writer.flush().await?;
-            match setup.next_frame().await? {
-                ServerFrame::Reply { .. } => {
-                    in_flight -= 1;
-                    bar.inc(1);
+        // As many connections as the send step, each with its share: the server runs one
+        // connection's requests one at a time, so parallelism comes from connections.
+        let missing = args.room_messages - room_head;
+        let share = missing.div_ceil(connections as u64);
+        let (fillers, failed) = target
+            .connect_many(0..connections, "connecting fillers", |i| {
+                let target = &target;
+                let space = space.clone();
+                async move {
+                    let mut conn = target.connect(i).await?;
+                    conn.welcome["bench_space"] = json!(space);
+                    Ok(conn)
                 }
-                ServerFrame::Error { code, message, .. } => {
-                    bail!("filling the room: {code}: {message}")
-                }
-                _ => {}
+            })
+            .await;
+        if !failed.is_empty() {
+            bail!("connections failed: {failed:?}");
+        }
+        let bar = target.ui.bar(missing, "filling the room");
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        let tasks: Vec<_> = fillers
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| {
+                let bar = bar.clone();
+                let quota = share.min(missing.saturating_sub(share * i as u64));
+                tokio::spawn(send_loop(
+                    conn,
+                    format!("{run_id}-fill-{i}"),
+                    args.window.max(1),
+                    args.body_bytes,
+                    far,
+                    7 + i as u64,
+                    Some((quota, bar)),
+                ))
+            })
+            .collect();
+        for task in tasks {
+            let sent = task.await??;
+            if let Some((code, _)) = sent.errors.first_key_value() {
+                bail!("filling the room: {code}");
             }
         }
         bar.finish_and_clear();
+        // Idle all along, the set-up connection may have timed out: take a fresh one.
+        setup.writer.close().await;
+        setup = target.connect(0).await?;
         room_head = head(&request(&mut setup, sync).await?);
     }
 

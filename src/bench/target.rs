@@ -70,7 +70,7 @@ pub struct CommonArgs {
     /// Use QUIC to this address (e.g. 127.0.0.1:7701) instead of WebSocket.
     #[arg(long, value_name = "ADDR")]
     pub quic: Option<SocketAddr>,
-    /// Certificate (PEM) to trust for QUIC [default: <data-dir>/quic-cert.pem].
+    /// Certificate (PEM) to trust for QUIC [default: the data dir's quic-cert.pem].
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// One access token for every connection (all one user; it needs the create_spaces grant

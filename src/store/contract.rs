@@ -1125,4 +1125,50 @@ pub async fn search_within_rooms(store: &dyn Store, chat: &dyn ChatStore) {
             .unwrap()
             .is_empty()
     );
+
+    // Many rooms at once (searched inside the index rather than room by room) find the same.
+    let mut many = vec!["r".to_string()];
+    for i in 0..40 {
+        let id = format!("x{i}");
+        chat.create_room(
+            room("s", &id, false),
+            room_member("s", &id, "alice", Role::Owner),
+        )
+        .await
+        .unwrap();
+        chat.send(text("s", &id, "alice", "n", "a needle here"))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            many.push(id);
+        }
+    }
+    let needles = |skip, limit| SearchQuery {
+        skip,
+        limit,
+        ..query(&["needle"])
+    };
+    let all = chat
+        .search("s", many.clone(), needles(0, 100))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(
+        all.iter()
+            .all(|h| many.contains(&h.room) && h.message.offset == 1)
+    );
+    let first = chat
+        .search("s", many.clone(), needles(0, 15))
+        .await
+        .unwrap();
+    let rest = chat
+        .search("s", many.clone(), needles(15, 15))
+        .await
+        .unwrap();
+    assert_eq!((first.len(), rest.len()), (15, 5));
+    let few = chat
+        .search("s", many[..3].to_vec(), needles(0, 100))
+        .await
+        .unwrap();
+    assert_eq!(few.len(), 2);
 }

@@ -120,6 +120,9 @@ const MESSAGE_COLUMNS: &str = "m.seq, m.client_id, m.author, m.body, m.format, m
      m.edited_ms, m.deleted_ms, m.mentions, m.thread, m.reply_count, m.last_reply,
      m.last_reply_ms";
 
+/// Searches over at most this many rooms run room by room.
+const PER_ROOM_SEARCH: usize = 32;
+
 /// The full-text index's rowid of message `seq` of room `rid`: 40 bits of offset per room.
 fn fts_key(rid: i64, seq: u64) -> i64 {
     (rid << 40) | (seq as i64 & ((1 << 40) - 1))
@@ -862,40 +865,75 @@ impl ChatStore for SqliteStore {
             if keyed.is_empty() || query.terms.is_empty() {
                 return Ok(Vec::new());
             }
-            let scopes: Vec<String> = keyed.iter().map(|r| fts_scope(r.rid)).collect();
-            let matching = format!(
-                "body : ({}) AND scope : ({})",
-                fts_terms(&query.terms),
-                scopes.join(" OR ")
-            );
             let ids: HashMap<i64, &str> =
                 keyed.iter().map(|r| (r.rid, r.room.id.as_str())).collect();
-            let mut s = txn
-                .prepare_cached(&format!(
+            let filtered =
+                query.author.is_some() || query.from_ms.is_some() || query.until_ms.is_some();
+            // Without filters, FTS5 ranks and limits by itself (its `ORDER BY rank LIMIT`
+            // path) and only the page is joined; with them, every match is joined first.
+            let sql = if filtered {
+                format!(
                     "SELECT f.rank, m.rid, {MESSAGE_COLUMNS}
                      FROM chat_fts f JOIN chat_messages m
                          ON m.rid = (f.rowid >> 40) AND m.seq = (f.rowid & 1099511627775)
-                     WHERE chat_fts MATCH ?1
+                     WHERE chat_fts MATCH ?1 AND f.rowid BETWEEN ?7 AND ?8
                          AND (?2 IS NULL OR m.author = ?2)
                          AND (?3 IS NULL OR m.created_ms >= ?3)
                          AND (?4 IS NULL OR m.created_ms < ?4)
-                     ORDER BY f.rank, m.created_ms DESC LIMIT ?5 OFFSET ?6"
-                ))
-                .map_err(backend)?;
-            let rows: Vec<(f64, i64, Message)> = s
-                .query_map(
+                     ORDER BY f.rank, m.seq DESC LIMIT ?5 OFFSET ?6"
+                )
+            } else {
+                format!(
+                    "SELECT f.rank, m.rid, {MESSAGE_COLUMNS}
+                     FROM (SELECT rowid, rank FROM chat_fts WHERE chat_fts MATCH ?1
+                           AND rowid BETWEEN ?7 AND ?8
+                           AND ?2 IS NULL AND ?3 IS NULL AND ?4 IS NULL
+                           ORDER BY rank LIMIT ?5 OFFSET ?6) f
+                     JOIN chat_messages m
+                         ON m.rid = (f.rowid >> 40) AND m.seq = (f.rowid & 1099511627775)
+                     ORDER BY f.rank, m.seq DESC"
+                )
+            };
+            let mut s = txn.prepare_cached(&sql).map_err(backend)?;
+            let terms = format!("body : ({})", fts_terms(&query.terms));
+            let mut select = |matching: &str, lo: i64, hi: i64, limit: usize, skip: usize| {
+                s.query_map(
                     params![
                         matching,
                         query.author,
                         query.from_ms,
                         query.until_ms,
-                        query.limit as i64,
-                        query.skip as i64
+                        limit as i64,
+                        skip as i64,
+                        lo,
+                        hi
                     ],
                     |row| Ok((row.get(0)?, row.get(1)?, message_row(row, 2)?)),
                 )
-                .and_then(Iterator::collect)
-                .map_err(backend)?;
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<(f64, i64, Message)>>>)
+                .map_err(backend)
+            };
+            // A room's messages are a rowid range of the index, which FTS5 scans on its own,
+            // and BM25 scores are comparable across queries on one index: a few rooms are
+            // searched one by one and merged. Many rooms at once: the `scope` tokens pick
+            // them inside the index.
+            let rows = if keyed.len() <= PER_ROOM_SEARCH {
+                let wanted = query.skip + query.limit;
+                let mut rows = Vec::new();
+                for room in &keyed {
+                    let (lo, hi) = (fts_key(room.rid, 0), fts_key(room.rid, (1 << 40) - 1));
+                    rows.extend(select(&terms, lo, hi, wanted, 0)?);
+                }
+                rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.2.offset.cmp(&a.2.offset)));
+                rows.into_iter()
+                    .skip(query.skip)
+                    .take(query.limit)
+                    .collect()
+            } else {
+                let scopes: Vec<String> = keyed.iter().map(|r| fts_scope(r.rid)).collect();
+                let matching = format!("{terms} AND scope : ({})", scopes.join(" OR "));
+                select(&matching, i64::MIN, i64::MAX, query.limit, query.skip)?
+            };
             let mut hits = Vec::with_capacity(rows.len());
             for (rank, rid, mut message) in rows {
                 fill_reactions(txn, rid, std::slice::from_mut(&mut message))?;

@@ -1756,3 +1756,55 @@ mod http {
         );
     }
 }
+
+/// `chorus bench chat` in-process against a real server: every send acknowledged at a distinct
+/// offset, history pages and searches answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_chat_scenario() {
+    use clap::Parser;
+    let s = TestServer::with(|c| {
+        c.rate_per_sec = 1_000_000;
+        c.rate_burst = 1_000_000;
+    })
+    .await;
+    let data_dir = s.shared.config.data_dir.display().to_string();
+    let url = s.ws_url();
+    let argv = [
+        "bench",
+        "chat",
+        "-c",
+        "4",
+        "-w",
+        "8",
+        "-d",
+        "0.5",
+        "--room-messages",
+        "3000",
+        "--queries",
+        "50",
+        "--json",
+        "--data-dir",
+        &data_dir,
+        "--url",
+        &url,
+    ];
+    let scenario = chorus::bench::BenchArgs::try_parse_from(argv)
+        .unwrap()
+        .scenario;
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let [send, history, search] = &report.steps[..] else {
+        panic!("{}", report.render())
+    };
+    assert!(
+        send.pass && history.pass && search.pass,
+        "{}",
+        report.render()
+    );
+    assert!(send.counter("acked") > 0);
+    assert_eq!(send.counter("acked"), send.counter("distinct_offsets"));
+    assert_eq!(history.counter("pages"), 50);
+    assert!(history.counter("messages") > 0);
+    assert_eq!(search.counter("searches"), 50);
+    assert!(search.counter("hits") > 0);
+    assert!(report.summary["room_messages"].as_u64().unwrap() >= 3000);
+}
