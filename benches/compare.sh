@@ -306,7 +306,7 @@ bench_once() {
     nats) target_args=(--target nats --url "ws://127.0.0.1:$nats_ws_port") ;;
   esac
   local args=("$@" "${target_args[@]}" --server-pid "$server_pid" --threads 1 --json)
-  last_command="nice -n $nice_level taskset -c $tool_core $chorus_bin bench ${args[*]}"
+  last_command="nice -n $nice_level taskset -c $tool_core $chorus_bin bench$(printf ' %q' "${args[@]}")"
   log "$server $tag: chorus bench ${args[*]}"
   # Watch the machine once a second while the bench runs (on the tool's core).
   local samples="$tmp/load-$server-$tag"
