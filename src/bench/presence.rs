@@ -17,7 +17,7 @@
 
 use super::report::{Latency, Report, Step, histogram, thousands};
 use super::scan::{self, Scanned};
-use super::target::{CommonArgs, Conn, Target, TargetKind, abort_all};
+use super::target::{CommonArgs, Target, TargetKind, abort_all};
 use super::usage::{self, Sampler, Usage};
 use super::wire::{Reader, Writer};
 use crate::protocol::{ErrorCode, ServerFrame};
@@ -27,12 +27,11 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Member requests in flight per space while setting up.
-const SETUP_WINDOW: usize = 128;
 /// The longest a phase may take to settle.
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -149,7 +148,7 @@ async fn set_up(target: &Target, layout: &Layout, org: &str) -> anyhow::Result<(
                 .chain(layout.members_of(k))
                 .filter(|&u| u != 0)
                 .collect();
-            add_members(target, &mut conn, space, org, users, &bar).await?;
+            target.add_members(&mut conn, space, org, users, &bar).await?;
             conn.writer.close().await;
             Ok(())
         }
@@ -157,60 +156,6 @@ async fn set_up(target: &Target, layout: &Layout, org: &str) -> anyhow::Result<(
     let results = futures_util::future::join_all(jobs).await;
     bar.finish_and_clear();
     results.into_iter().collect()
-}
-
-/// Add `users` to `space`, pipelined, waiting out the server's rate limit when it bites.
-async fn add_members(
-    target: &Target,
-    conn: &mut Conn,
-    space: &str,
-    org: &str,
-    mut pending: VecDeque<usize>,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<()> {
-    let mut in_flight: HashMap<u64, usize> = HashMap::new();
-    let mut limited = false;
-    while !pending.is_empty() || !in_flight.is_empty() {
-        if limited && in_flight.is_empty() {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            limited = false;
-        }
-        while in_flight.len() < SETUP_WINDOW && !limited {
-            let Some(user) = pending.pop_front() else {
-                break;
-            };
-            let id = conn.queue_request(json!({
-                "type": "space.add_member", "space": space, "user": target.user(user), "org": org,
-            }))?;
-            in_flight.insert(id, user);
-        }
-        conn.writer.flush().await?;
-        match conn.next_frame().await? {
-            ServerFrame::Reply { id, .. } if in_flight.remove(&id).is_some() => bar.inc(1),
-            ServerFrame::Error {
-                id: Some(id),
-                code,
-                message,
-            } => {
-                let Some(user) = in_flight.remove(&id) else {
-                    continue;
-                };
-                if code != ErrorCode::RateLimited {
-                    bail!(
-                        "cannot add {} to {space}: {code}: {message}",
-                        target.user(user)
-                    );
-                }
-                limited = true;
-                pending.push_back(user);
-            }
-            ServerFrame::Disconnect { code, message, .. } => {
-                bail!("disconnected while adding members: {code}: {message}")
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Just what a watcher needs of a `presence` frame, borrowed from its bytes: a batch of

@@ -488,54 +488,66 @@ impl Target {
             let bar = self
                 .ui
                 .bar(members.saturating_sub(1) as u64, "adding members");
-            let mut pending: VecDeque<usize> = (1..members).collect();
-            let mut in_flight: HashMap<u64, usize> = HashMap::new();
-            let mut limited = false;
-            while !pending.is_empty() || !in_flight.is_empty() {
-                if limited && in_flight.is_empty() {
-                    // The server's rate limit: wait for the bucket to refill.
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    limited = false;
-                }
-                while in_flight.len() < MEMBER_WINDOW && !limited {
-                    let Some(user) = pending.pop_front() else {
-                        break;
-                    };
-                    let id = conn.queue_request(json!({
-                        "type": "space.add_member", "space": space, "user": self.user(user), "org": org,
-                    }))?;
-                    in_flight.insert(id, user);
-                }
-                conn.writer.flush().await?;
-                match conn.next_frame().await? {
-                    ServerFrame::Reply { id, .. } if in_flight.remove(&id).is_some() => bar.inc(1),
-                    ServerFrame::Error {
-                        id: Some(id),
-                        code,
-                        message,
-                    } => {
-                        let Some(user) = in_flight.remove(&id) else {
-                            continue;
-                        };
-                        if code != crate::protocol::ErrorCode::RateLimited {
-                            bail!(
-                                "cannot add {} to space {space}: {code}: {message}",
-                                self.user(user)
-                            );
-                        }
-                        limited = true;
-                        pending.push_back(user);
-                    }
-                    ServerFrame::Disconnect { code, message, .. } => {
-                        bail!("disconnected while adding members: {code}: {message}")
-                    }
-                    _ => {}
-                }
-            }
+            self.add_members(&mut conn, &space, org, (1..members).collect(), &bar)
+                .await?;
             bar.finish_and_clear();
         }
         conn.writer.close().await;
         Ok(space)
+    }
+
+    /// Add `users` to `space`, pipelined, waiting out the server's rate limit when it bites.
+    pub(crate) async fn add_members(
+        &self,
+        conn: &mut Conn,
+        space: &str,
+        org: &str,
+        mut pending: VecDeque<usize>,
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<()> {
+        let mut in_flight: HashMap<u64, usize> = HashMap::new();
+        let mut limited = false;
+        while !pending.is_empty() || !in_flight.is_empty() {
+            if limited && in_flight.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                limited = false;
+            }
+            while in_flight.len() < MEMBER_WINDOW && !limited {
+                let Some(user) = pending.pop_front() else {
+                    break;
+                };
+                let id = conn.queue_request(json!({
+                    "type": "space.add_member", "space": space, "user": self.user(user), "org": org,
+                }))?;
+                in_flight.insert(id, user);
+            }
+            conn.writer.flush().await?;
+            match conn.next_frame().await? {
+                ServerFrame::Reply { id, .. } if in_flight.remove(&id).is_some() => bar.inc(1),
+                ServerFrame::Error {
+                    id: Some(id),
+                    code,
+                    message,
+                } => {
+                    let Some(user) = in_flight.remove(&id) else {
+                        continue;
+                    };
+                    if code != crate::protocol::ErrorCode::RateLimited {
+                        bail!(
+                            "cannot add {} to {space}: {code}: {message}",
+                            self.user(user)
+                        );
+                    }
+                    limited = true;
+                    pending.push_back(user);
+                }
+                ServerFrame::Disconnect { code, message, .. } => {
+                    bail!("disconnected while adding members: {code}: {message}")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
