@@ -50,6 +50,18 @@ pub struct Metrics {
     pub queued_frames: Gauge,
     /// Time from a frame entering an empty outbox to the write that carried it.
     pub publish_to_write: Histogram,
+    pub presence: PresenceMetrics,
+}
+
+/// What the presence task reports: gauges refreshed about once a second, and the frames it
+/// queued.
+#[derive(Clone, Default)]
+pub struct PresenceMetrics {
+    pub users: Gauge,
+    pub connections: Gauge,
+    pub scopes: Gauge,
+    pub subscriptions: Gauge,
+    pub frames: Counter,
 }
 
 impl Default for Metrics {
@@ -96,8 +108,39 @@ impl Metrics {
             rejected_connections: Counter::default(),
             queued_frames: Gauge::default(),
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            presence: PresenceMetrics::default(),
             registry: Registry::default(),
         };
+        let p = &metrics.presence;
+        for (name, help, gauge) in [
+            (
+                "presence_users",
+                "Users present (online, away, busy, or in their grace period)",
+                &p.users,
+            ),
+            (
+                "presence_connections",
+                "Connections the presence core tracks, lingering ones included",
+                &p.connections,
+            ),
+            (
+                "presence_scopes",
+                "Presence scopes kept (subscribed or within their retention)",
+                &p.scopes,
+            ),
+            (
+                "presence_subscriptions",
+                "Presence subscriptions of this node's connections",
+                &p.subscriptions,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "presence_frames",
+            "Presence frames queued to subscribers (each a batch of changes)",
+            p.frames.clone(),
+        );
         registry.register(
             "publishes",
             "Messages published to channels",

@@ -109,6 +109,7 @@ impl PresenceService {
             metrics,
             max_subscriptions: config.max_subscriptions,
             encoded: Encoded::default(),
+            next_stats: None,
         };
         PresenceService {
             commands,
@@ -269,7 +270,12 @@ struct Task {
     metrics: Arc<Metrics>,
     max_subscriptions: usize,
     encoded: Encoded,
+    /// When the presence gauges are next refreshed, if something happened since they were.
+    next_stats: Option<Instant>,
 }
+
+/// How often the presence gauges are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Wall-clock milliseconds since the Unix epoch: the core's time.
 fn now_ms() -> Millis {
@@ -289,6 +295,10 @@ impl Task {
             };
             let deadline =
                 next.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
+            let deadline = match (deadline, self.next_stats) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.handle(command, now_ms()),
@@ -543,6 +553,7 @@ impl Task {
                     };
                     let frame = self.encoded.frame(&updates, state.outbox.encoding());
                     queued += i64::from(state.outbox.push(frame, now).is_ok());
+                    self.metrics.presence.frames.inc();
                 }
                 Effect::Unsubscribed { subscriber, scope } => {
                     let Some(state) = self.conns.get_mut(&subscriber.0) else {
@@ -567,6 +578,22 @@ impl Task {
         if queued > 0 {
             self.metrics.queued_frames.inc_by(queued);
         }
+        match self.next_stats {
+            None => self.next_stats = Some(now + STATS_EVERY),
+            Some(at) if at <= now => self.refresh_stats(),
+            Some(_) => {}
+        }
+    }
+
+    /// Set the presence gauges from the core.
+    fn refresh_stats(&mut self) {
+        self.next_stats = None;
+        let stats = self.core.stats();
+        let gauges = &self.metrics.presence;
+        gauges.users.set(stats.users as i64);
+        gauges.connections.set(stats.connections as i64);
+        gauges.scopes.set(stats.scopes as i64);
+        gauges.subscriptions.set(stats.subscriptions as i64);
     }
 }
 

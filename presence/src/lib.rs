@@ -56,7 +56,7 @@ pub use crdt::Delta;
 pub use presence::Presence;
 pub use types::{
     Config, ConnId, Cursor, CustomStatus, Effect, Error, Millis, NodeId, PresenceEntry, RoomId,
-    Scope, ScopeUpdate, SpaceId, Status, Typing, UserId,
+    Scope, ScopeUpdate, SpaceId, Stats, Status, Typing, UserId,
 };
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use crate::crdt::{Delta, Dot, Entry, Explicit, Stamp, Versions};
 use crate::scope::{ScopeId, Scopes, Seen};
 use crate::types::{
     Config, ConnId, Cursor, CustomStatus, Effect, Error, Millis, NodeId, RoomId, Scope,
-    ScopeUpdate, SpaceId, Status, Typing, UserId,
+    ScopeUpdate, SpaceId, Stats, Status, Typing, UserId,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -127,6 +127,18 @@ impl Presence {
             timers: BTreeSet::new(),
             last_flush: None,
             outputs: VecDeque::new(),
+        }
+    }
+
+    /// How much the core holds now. Counting the subscriptions walks the scopes: call it per
+    /// metrics scrape, not per event.
+    pub fn stats(&self) -> Stats {
+        let (scopes, subscriptions) = self.scopes.counts();
+        Stats {
+            users: self.users.len(),
+            connections: self.locals.len(),
+            scopes,
+            subscriptions,
         }
     }
 

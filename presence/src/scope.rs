@@ -370,6 +370,12 @@ impl Scopes {
         }
     }
 
+    /// How many scopes are kept, and how many subscriptions they have.
+    pub fn counts(&self) -> (usize, usize) {
+        let subscriptions = self.states.values().map(|s| s.subscribers.len()).sum();
+        (self.states.len(), subscriptions)
+    }
+
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }

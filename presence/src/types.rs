@@ -310,3 +310,16 @@ impl Default for Config {
         }
     }
 }
+
+/// How much the core holds now: for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Users with an entry (online, away, busy, or within a grace period), on any node.
+    pub users: usize,
+    /// This node's connections, lingering ones included.
+    pub connections: usize,
+    /// Scopes with their views kept (subscribed, or within their retention).
+    pub scopes: usize,
+    /// Subscriptions of this node's connections.
+    pub subscriptions: usize,
+}

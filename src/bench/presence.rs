@@ -340,7 +340,8 @@ fn tally(watches: &Watches) -> Tally {
 }
 
 /// Wait until every watcher's view holds `want(space)` users and no frame came for `quiet`.
-/// Returns whether the views got there, and when each watcher's count last changed.
+/// Returns what was still wrong if the views never got there (`None`: they did), and when
+/// each watcher's count last changed.
 async fn settle(
     watches: &Watches,
     layout: &Layout,
@@ -348,7 +349,7 @@ async fn settle(
     quiet: Duration,
     ui: &super::target::Ui,
     label: &str,
-) -> (bool, Vec<Instant>) {
+) -> (Option<String>, Vec<Instant>) {
     let started = Instant::now();
     let bar = ui.bar(watches.len() as u64, label);
     loop {
@@ -366,10 +367,26 @@ async fn settle(
         if (done && calm) || started.elapsed() > SETTLE_LIMIT {
             bar.finish_and_clear();
             let changed = watches.iter().map(|w| lock(w).changed).collect();
-            return (done, changed);
+            let wrong = (!done).then(|| wrong_views(watches, layout, &want));
+            return (wrong, changed);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The watchers whose view is wrong, with how many users they see (first few).
+fn wrong_views(watches: &Watches, layout: &Layout, want: impl Fn(usize) -> usize) -> String {
+    let wrong: Vec<String> = watches
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let (space, seen) = (layout.space_of_watcher(i), lock(w).online.len());
+            let want = want(space);
+            (seen != want).then(|| format!("watcher {i} (space {space}) sees {seen} of {want}"))
+        })
+        .collect();
+    let shown = wrong.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    format!("{} views wrong: {shown}", wrong.len())
 }
 
 /// Figures of one phase.
@@ -378,7 +395,8 @@ struct Phase {
     start: Instant,
     /// When the last member connection was closed or back.
     done_at: Instant,
-    settled: bool,
+    /// What was still wrong when the views did not settle (`None`: they did).
+    wrong: Option<String>,
     /// When each watcher's count last changed.
     changed: Vec<Instant>,
     before: Tally,
@@ -451,8 +469,8 @@ impl Phase {
             counters.insert("server_cpu_us_per_change".into(), per_change.round() as u64);
         }
         let mut failures = Vec::new();
-        if !self.settled {
-            failures.push("views not right in time".to_string());
+        if let Some(wrong) = &self.wrong {
+            failures.push(format!("views not right in time ({wrong})"));
         }
         if !self.errors.is_empty() {
             failures.push(format!("{} errors", self.errors.values().sum::<u64>()));
@@ -580,12 +598,12 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
         abort_all(watcher_tasks).await;
         bail!("{n} of {} members could not connect: {why}", args.count);
     }
-    let (ready, _) = settle(&watches, &layout, all, quiet, &ui, "everyone online").await;
-    if !ready {
+    let (wrong, _) = settle(&watches, &layout, all, quiet, &ui, "everyone online").await;
+    if let Some(wrong) = wrong {
         abort_all(members).await;
         abort_all(watcher_tasks).await;
         bail!(
-            "the watchers never saw every member online: {:?}",
+            "the watchers never saw every member online ({wrong}): {:?}",
             trouble(&watches)
         );
     }
@@ -607,18 +625,19 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
     // Members away for longer than the grace period go offline; within it, nothing changes.
     // Once something changed, the members stay away until every view shows them gone.
     let touched = tally(&watches).frames != before.frames;
-    let (offline, changed) = if touched {
+    let (wrong, changed) = if touched {
         settle(&watches, &layout, gone, quiet, &ui, "views right").await
     } else {
-        (false, vec![start; watchers])
+        let untouched = (0..watchers)
+            .all(|i| lock(&watches[i]).online.len() == all(layout.space_of_watcher(i)));
+        let wrong = (!untouched).then(|| wrong_views(&watches, &layout, all));
+        (wrong, vec![start; watchers])
     };
-    let untouched =
-        (0..watchers).all(|i| lock(&watches[i]).online.len() == all(layout.space_of_watcher(i)));
     let drop_phase = Phase {
         label: "drop",
         start,
         done_at,
-        settled: offline || (!touched && untouched),
+        wrong,
         changed,
         before,
         after: tally(&watches),
@@ -627,7 +646,7 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
         expect_change: touched,
         errors: BTreeMap::new(),
     };
-    if touched && !offline {
+    if touched && drop_phase.wrong.is_some() {
         ui.note(
             &mut notes,
             "after the drop some views never showed every member gone".into(),
@@ -640,7 +659,7 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
     let start = Instant::now();
     let (members, failed) = connect_members(&target, &layout, "reconnecting").await;
     let done_at = Instant::now();
-    let (settled, changed) = settle(&watches, &layout, all, quiet, &ui, "views right").await;
+    let (wrong, changed) = settle(&watches, &layout, all, quiet, &ui, "views right").await;
     // The quiet period is not part of the storm's cost.
     let usage = sampler.finish();
     let mut errors = failed;
@@ -651,7 +670,7 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
         label: "reconnect",
         start,
         done_at,
-        settled,
+        wrong,
         changed,
         before,
         after: tally(&watches),

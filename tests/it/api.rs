@@ -286,6 +286,28 @@ async fn health_and_metrics() {
         .parse()
         .unwrap();
     assert!(open >= 1, "the subscriber's connection is counted");
+    // The presence gauges follow within about a second.
+    let gauge = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, _, text) = http(s.http, "GET", "/metrics", None, None).await;
+        let users = gauge(&text, "chorus_presence_users");
+        if users == Some(1) {
+            // The set-up's connection may still linger in its grace period.
+            let conns = gauge(&text, "chorus_presence_connections");
+            assert!(matches!(conns, Some(1 | 2)), "{conns:?}");
+            assert!(text.contains("chorus_presence_frames_total"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence gauges never showed the user: {users:?} in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Spaces, members and the token secret survive a restart on the same data dir.

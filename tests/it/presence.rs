@@ -722,7 +722,8 @@ async fn rooms_meetings_and_typing_that_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_reaches_a_lingering_connection() {
-    let s = server_with(|c| c.presence_grace_ms = 3_000).await;
+    // A grace period far beyond the view's patience: only the removal can end bob's entry in time.
+    let s = server_with(|c| c.presence_grace_ms = 600_000).await;
     let guest = ("bob".to_string(), "globex".to_string());
     space_with(&s, "eng", ("alice", "acme"), &[guest]).await;
     let mut alice = Peer::new(&s, "alice", "acme").await;
@@ -736,15 +737,10 @@ async fn removal_reaches_a_lingering_connection() {
     // bob leaves; within the grace period he still shows, but once removed he must not.
     bob.drop_connection();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let removed = Instant::now();
     alice
         .call(json!({"type": "space.remove_member", "space": "eng", "user": "bob"}))
         .await;
     alice
         .until(&mut view, |v| v.status("bob@globex").is_none())
         .await;
-    assert!(
-        removed.elapsed() < Duration::from_millis(1_500),
-        "gone only when the grace period ended"
-    );
 }

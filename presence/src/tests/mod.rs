@@ -254,6 +254,33 @@ fn a_user_is_online_if_any_device_is_active() {
 }
 
 #[test]
+fn stats_count_users_connections_scopes_and_subscriptions() {
+    let mut sim = Sim::new(config());
+    let alice = user("acme", "alice");
+    sim.connect(1, &user("acme", "watcher"), &["eng"]);
+    sim.subscribe(1, space("eng"));
+    sim.connect(10, &alice, &["eng"]);
+    sim.connect(11, &alice, &["eng"]);
+    let stats = sim.core.stats();
+    assert_eq!(
+        (
+            stats.users,
+            stats.connections,
+            stats.scopes,
+            stats.subscriptions
+        ),
+        (2, 3, 1, 1)
+    );
+    // A closed connection lingers for the grace period, then neither it nor its user counts.
+    sim.disconnect(10);
+    sim.disconnect(11);
+    assert_eq!(sim.core.stats().connections, 3);
+    sim.advance(config().grace);
+    let stats = sim.core.stats();
+    assert_eq!((stats.users, stats.connections), (1, 1));
+}
+
+#[test]
 fn away_comes_from_inactivity_and_activity_ends_it() {
     let mut sim = Sim::new(config());
     let alice = user("acme", "alice");
