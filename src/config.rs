@@ -87,6 +87,18 @@ pub struct Config {
     pub presence_queue: usize,
     /// Chat: the largest message body, in bytes. Default 16,384; 1 to 1,048,576.
     pub chat_max_body_bytes: usize,
+    /// Documents: whether opening an unknown document id creates it (in the space named by the
+    /// client, or its organisation's home space). Off: only documents created through the API
+    /// open. Default true.
+    pub docs_auto_create: bool,
+    /// Documents: the largest document, encoded, in bytes; also the largest frame on `/yjs/`.
+    /// Default 16 MiB; 1 KiB to 256 MiB.
+    pub doc_max_bytes: usize,
+    /// Documents: updates appended to a document's log before it is compacted into a
+    /// snapshot. Default 500; 1 to 1,000,000.
+    pub doc_compact_updates: usize,
+    /// Documents: how long a document nobody has open stays in memory. Default 30,000 ms.
+    pub doc_idle_ms: u64,
 }
 
 impl Default for Config {
@@ -120,6 +132,10 @@ impl Default for Config {
             presence_max_rooms: 256,
             presence_queue: 8_192,
             chat_max_body_bytes: 16 * 1024,
+            docs_auto_create: true,
+            doc_max_bytes: 16 << 20,
+            doc_compact_updates: 500,
+            doc_idle_ms: 30_000,
         }
     }
 }
@@ -239,6 +255,14 @@ impl Config {
             1,
             1 << 20,
         )?;
+        in_range("doc_max_bytes", self.doc_max_bytes as u64, 1024, 256 << 20)?;
+        in_range(
+            "doc_compact_updates",
+            self.doc_compact_updates as u64,
+            1,
+            1_000_000,
+        )?;
+        in_range("doc_idle_ms", self.doc_idle_ms, 0, 86_400_000)?;
         if let Some(secret) = &self.secret
             && secret.len() < crate::auth::MIN_SECRET_LEN
         {
@@ -269,6 +293,19 @@ impl Config {
     pub fn chat_limits(&self) -> crate::chat::rules::ChatLimits {
         crate::chat::rules::ChatLimits {
             max_body_bytes: self.chat_max_body_bytes,
+        }
+    }
+
+    /// The documents' configuration.
+    pub fn docs(&self) -> crate::docs::DocConfig {
+        crate::docs::DocConfig {
+            limits: crate::docs::sync::Limits {
+                max_doc_bytes: self.doc_max_bytes,
+                max_awareness_clients: 16,
+                max_awareness_bytes: 64 * 1024,
+            },
+            compact_updates: self.doc_compact_updates,
+            idle: Duration::from_millis(self.doc_idle_ms),
         }
     }
 

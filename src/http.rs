@@ -4,6 +4,7 @@
 
 use crate::access::Claims;
 use crate::connection::Permit;
+use crate::docs;
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
+        .route("/yjs/{*doc}", get(yjs_upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/api/spaces", post(create_space).get(list_spaces))
@@ -114,11 +116,11 @@ impl FromRequestParts<Arc<Shared>> for Authed {
     }
 }
 
-/// The `token` query parameter, for clients (browsers) that cannot set headers.
-fn query_token(uri: &axum::http::Uri) -> Option<String> {
+/// Query parameter `name` (the token, for clients such as browsers that cannot set headers).
+fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
     let query = uri.query()?;
     query.split('&').find_map(|pair| {
-        let value = pair.strip_prefix("token=")?;
+        let value = pair.strip_prefix(name)?.strip_prefix('=')?;
         Some(percent_decode(value))
     })
 }
@@ -147,9 +149,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Upgrade to WebSocket. A token in the `Authorization` header or the `token` query parameter
-/// is verified here, before the upgrade: a bad one gets a 401 with a JSON error.
-async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
+/// The WebSocket handshake of `request`: its `Sec-WebSocket-Key`, or the 400 to answer.
+fn handshake(request: &Request) -> Result<HeaderValue, ApiError> {
     let headers = request.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
@@ -159,24 +160,28 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v == "13");
-    let (true, Some(key), true) = (is_upgrade, key, version_ok) else {
-        return ApiError(ServiceError::new(
+    match (is_upgrade, key, version_ok) {
+        (true, Some(key), true) => Ok(key),
+        _ => Err(ApiError(ServiceError::new(
             ErrorCode::InvalidRequest,
             "expected a WebSocket upgrade (version 13)",
-        ))
-        .into_response();
-    };
-    let token = bearer(headers)
-        .map(str::to_string)
-        .or_else(|| query_token(request.uri()));
-    let preauth = match token {
-        Some(token) => match verify(&shared, Some(&token)) {
-            Ok(claims) => Some(claims),
-            Err(e) => return ApiError(e).into_response(),
-        },
-        None => None,
-    };
-    let Some(permit) = Permit::acquire(&shared) else {
+        ))),
+    }
+}
+
+/// Take a connection permit, answer 101 for handshake `key`, and run `serve` on the upgraded
+/// connection as a tracked task.
+fn upgrade<F, Fut>(
+    shared: &Arc<Shared>,
+    mut request: Request,
+    key: HeaderValue,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(hyper::upgrade::Upgraded, Permit) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(permit) = Permit::acquire(shared) else {
         return ApiError(ServiceError::new(
             ErrorCode::TooManyConnections,
             "the server is at its connection limit",
@@ -184,10 +189,9 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
         .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let task_shared = shared.clone();
     shared.tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => transport::ws::run(task_shared, upgraded, preauth, permit).await,
+            Ok(upgraded) => serve(upgraded, permit).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
@@ -201,6 +205,53 @@ async fn ws_upgrade(State(shared): State<Arc<Shared>>, mut request: Request) -> 
         HeaderValue::from_str(&accept).expect("base64 is a valid header"),
     );
     response
+}
+
+/// Upgrade to WebSocket. A token in the `Authorization` header or the `token` query parameter
+/// is verified here, before the upgrade: a bad one gets a 401 with a JSON error.
+async fn ws_upgrade(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let key = match handshake(&request) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let token = bearer(request.headers())
+        .map(str::to_string)
+        .or_else(|| query_param(request.uri(), "token"));
+    let preauth = match token {
+        Some(token) => match verify(&shared, Some(&token)) {
+            Ok(claims) => Some(claims),
+            Err(e) => return ApiError(e).into_response(),
+        },
+        None => None,
+    };
+    let task_shared = shared.clone();
+    upgrade(&shared, request, key, move |upgraded, permit| {
+        transport::ws::run(task_shared, upgraded, preauth, permit)
+    })
+}
+
+/// The y-websocket endpoint. The token (`?token=`, as the provider's `params` send it) is
+/// checked after the upgrade, so that a refusal reaches the provider as "permission denied".
+async fn yjs_upgrade(
+    State(shared): State<Arc<Shared>>,
+    Path(doc): Path<String>,
+    request: Request,
+) -> Response {
+    let key = match handshake(&request) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let yjs = docs::ws::Request {
+        doc,
+        token: bearer(request.headers())
+            .map(str::to_string)
+            .or_else(|| query_param(request.uri(), "token")),
+        space: query_param(request.uri(), "space"),
+    };
+    let task_shared = shared.clone();
+    upgrade(&shared, request, key, move |upgraded, permit| {
+        docs::ws::run(task_shared, upgraded, yjs, permit)
+    })
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

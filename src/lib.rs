@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod datadir;
+pub mod docs;
 pub mod http;
 pub mod hub;
 pub mod metrics;

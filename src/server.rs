@@ -7,13 +7,14 @@ use crate::bus::{Bus, LocalBus};
 use crate::channel::ChannelRef;
 use crate::chat::Chat;
 use crate::config::Config;
+use crate::docs::Docs;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence_service::PresenceService;
 use crate::protocol::{ErrorCode, SpaceRequest};
 use crate::spaces::ServiceError;
 use crate::spaces::Spaces;
-use crate::store::{ChatStore, SqliteStore, Store};
+use crate::store::{ChatStore, DocStore, SqliteStore, Store};
 use crate::users::Users;
 use crate::{datadir, http, transport};
 use anyhow::Context;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub presence: Arc<PresenceService>,
     /// Persistent chat: rooms and their streams.
     pub chat: Chat,
+    /// Co-edited documents open now.
+    pub docs: Docs,
     pub metrics: Arc<Metrics>,
     /// Fires when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -215,13 +218,16 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     let sqlite =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
     let store: Arc<dyn Store> = sqlite.clone();
-    let chat_store: Arc<dyn ChatStore> = sqlite;
+    let chat_store: Arc<dyn ChatStore> = sqlite.clone();
+    let doc_store: Arc<dyn DocStore> = sqlite;
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let chat = Chat::new(chat_store, hub.clone(), config.chat_limits());
     let presence = Arc::new(PresenceService::new(&config, metrics.clone()));
     let spaces = Spaces::new(store);
     spaces.set_listener(presence.clone());
+    let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
+    let docs = Docs::new(doc_store, config.docs(), shutdown.clone(), tasks.clone());
     Ok(Arc::new(Shared {
         bus: Arc::new(LocalBus::new(hub.clone())),
         hub,
@@ -232,8 +238,9 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         keys,
         metrics,
         config,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        docs,
+        shutdown,
+        tasks,
         connections: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
     }))

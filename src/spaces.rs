@@ -156,14 +156,10 @@ impl Spaces {
         claims: &Claims,
         id: &str,
     ) -> Result<Option<(Space, Option<Role>)>, ServiceError> {
-        Ok(self.entry(id).await?.map(|e| {
-            let role = e
-                .members
-                .get(&claims.sub)
-                .filter(|m| m.org == claims.org)
-                .map(|m| m.role);
-            (e.space.clone(), role)
-        }))
+        Ok(self
+            .entry(id)
+            .await?
+            .map(|e| (e.space.clone(), role_of(&e, claims))))
     }
 
     /// `user`'s membership of space `id`, if any.
@@ -184,11 +180,7 @@ impl Spaces {
         let entry = self.entry(id).await?;
         let view = entry.as_ref().map(|e| SpaceView {
             org: &e.space.org,
-            role: e
-                .members
-                .get(&claims.sub)
-                .filter(|m| m.org == claims.org)
-                .map(|m| m.role),
+            role: role_of(e, claims),
         });
         authorize(claims, action, view)?;
         Ok(entry
@@ -206,6 +198,14 @@ impl Spaces {
     ) -> Result<Space, ServiceError> {
         authorize(claims, Action::CreateSpace, None)?;
         let id = match id {
+            Some(id) if id.starts_with(HOME_PREFIX) => {
+                return Err(ServiceError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "space ids starting with `{HOME_PREFIX}` are organisations' home spaces"
+                    ),
+                ));
+            }
             Some(id) if is_id(&id) => id,
             Some(id) => {
                 return Err(ServiceError::new(
@@ -228,6 +228,37 @@ impl Spaces {
             created_ms: now_ms,
         };
         self.store.create_space(space.clone(), &claims.sub).await?;
+        self.invalidate(&id);
+        self.changed(&claims.sub).await;
+        Ok(space)
+    }
+
+    /// The caller's organisation's home space, created on first use with the caller as its
+    /// owner (who may then add guests).
+    pub async fn home(&self, claims: &Claims, now_ms: i64) -> Result<Space, ServiceError> {
+        let id = home_id(&claims.org).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "organisation `{}` has no home space (its id is not a valid space id): name a space",
+                    claims.org
+                ),
+            )
+        })?;
+        if let Some(entry) = self.entry(&id).await? {
+            return Ok(entry.space.clone());
+        }
+        let space = Space {
+            id: id.clone(),
+            org: claims.org.clone(),
+            name: format!("{} (home)", claims.org),
+            created_ms: now_ms,
+        };
+        match self.store.create_space(space.clone(), &claims.sub).await {
+            // Another user of the organisation created it meanwhile.
+            Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.invalidate(&id);
         self.changed(&claims.sub).await;
         Ok(space)
@@ -318,4 +349,26 @@ pub fn random_id() -> String {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS provides randomness");
     hex::encode(bytes)
+}
+
+/// Home space ids are this prefix and the organisation's id; no one else may create them.
+pub const HOME_PREFIX: &str = "_";
+
+/// The id of `org`'s home space, if `org` makes a valid space id.
+pub fn home_id(org: &str) -> Option<String> {
+    let id = format!("{HOME_PREFIX}{org}");
+    is_id(&id).then_some(id)
+}
+
+/// The caller's role in a space: their membership (one granted to another organisation does
+/// not count), or, in their organisation's home space, member at least.
+fn role_of(entry: &Entry, claims: &Claims) -> Option<Role> {
+    let explicit = entry
+        .members
+        .get(&claims.sub)
+        .filter(|m| m.org == claims.org)
+        .map(|m| m.role);
+    let home = entry.space.org == claims.org
+        && home_id(&claims.org).is_some_and(|id| id == entry.space.id);
+    explicit.or(home.then_some(Role::Member))
 }

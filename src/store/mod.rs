@@ -7,6 +7,7 @@ mod contract;
 mod model;
 mod sqlite;
 mod sqlite_chat;
+mod sqlite_docs;
 
 pub use sqlite::SqliteStore;
 
@@ -422,4 +423,45 @@ pub trait ChatStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> StoreResult<(Vec<ChatEvent>, u64)>;
+}
+
+/// A co-edited document: a name in a space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRecord {
+    /// Unique on the server: the name in `/yjs/{id}`.
+    pub id: String,
+    pub space: String,
+    pub created_by: String,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// What a document is made of in the store: its latest snapshot (if it was ever compacted)
+/// and the updates appended after it, oldest first, with the sequence number of the last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocContent {
+    pub snapshot: Option<Vec<u8>>,
+    pub updates: Vec<Vec<u8>>,
+    /// The last update's sequence number (0: none yet).
+    pub last_seq: i64,
+}
+
+/// Documents and their update logs. Yjs updates commute, so the order of appends does not
+/// change the document they make.
+#[async_trait::async_trait]
+pub trait DocStore: Send + Sync + 'static {
+    /// `AlreadyExists` if the id is taken, `NotFound` if the space does not exist.
+    async fn create_doc(&self, doc: DocRecord) -> StoreResult<()>;
+    async fn doc(&self, id: &str) -> StoreResult<Option<DocRecord>>;
+    /// The documents of `space`, by id.
+    async fn docs_in(&self, space: &str) -> StoreResult<Vec<DocRecord>>;
+    /// Deletes the document and its content; false if there was none.
+    async fn delete_doc(&self, id: &str) -> StoreResult<bool>;
+    /// The document's snapshot and the updates after it.
+    async fn load_doc(&self, id: &str) -> StoreResult<DocContent>;
+    /// Appends an update (durable once this returns) and returns its sequence number.
+    async fn append_doc_update(&self, id: &str, update: Vec<u8>) -> StoreResult<i64>;
+    /// Replaces the snapshot with `snapshot`, which contains every update up to `upto_seq`,
+    /// and drops those updates.
+    async fn compact_doc(&self, id: &str, snapshot: Vec<u8>, upto_seq: i64) -> StoreResult<()>;
 }

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX members_by_user ON members(user);",
     // 2: chat rooms, their members, messages and streams.
     super::sqlite_chat::SCHEMA,
+    super::sqlite_docs::SCHEMA,
 ];
 
 /// Jobs queued for the store thread before callers wait for room. Bounded so a stalled disk

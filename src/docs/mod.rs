@@ -1,0 +1,479 @@
+//! Co-edited documents: Yjs documents on `yrs`, each owned by one task while it is open.
+//!
+//! **One copy per document.** `Docs` keeps a registry of live documents by id. The first
+//! connection to open a cold document spawns its task, which loads the document from the
+//! store (snapshot and updates after it); everyone else who opens it meanwhile queues behind
+//! that load on the same task, so a reconnect storm after a restart loads each document once.
+//! A task whose document nobody has had open for `doc_idle_ms`, with everything saved, leaves
+//! the registry and ends; a join racing with that sees its join dropped and retries on a new
+//! task.
+//!
+//! **Saving.** Every update the document accepts is appended to the store; while one append is
+//! in flight the next ones wait, merged into one. An update counts as saved once the store
+//! commit holding it has returned (normally a few milliseconds after it was relayed to the
+//! others); clients still hold it until then, and send it again when they next sync. After
+//! `doc_compact_updates` appends, the document is compacted: its state becomes the new
+//! snapshot and the updates it holds are dropped, in one transaction. On shutdown a task saves
+//! what is pending before it ends.
+
+pub mod sync;
+pub mod ws;
+
+use crate::hub::{CloseReason, Outbox};
+use crate::protocol::ErrorCode;
+use crate::store::{DocContent, DocStore, StoreError};
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use sync::{DocCore, Effect, Limits, SyncError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Commands queued for one document's task. Bounded: a connection whose frames outrun its
+/// document waits (its socket stops being read), and only it.
+const QUEUE: usize = 256;
+/// Accepted updates waiting for the store, in bytes, before the task stops taking frames.
+const PENDING_LIMIT: usize = 8 << 20;
+/// How often awareness expiry and eviction are checked.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a connection may hear nothing before it gets a keepalive frame.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a failed store write waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What `Docs` needs of the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DocConfig {
+    pub limits: Limits,
+    pub compact_updates: usize,
+    pub idle: Duration,
+}
+
+enum Command {
+    /// `accepted` answers once the document is loaded (or could not be); dropping it unanswered
+    /// means the task is ending: join again.
+    Join {
+        conn: u64,
+        outbox: Arc<Outbox>,
+        read_only: bool,
+        accepted: oneshot::Sender<Result<(), String>>,
+    },
+    Frame {
+        conn: u64,
+        frame: Bytes,
+    },
+    Leave {
+        conn: u64,
+    },
+    /// The document was deleted: close its connections, save nothing more, end.
+    Deleted,
+}
+
+/// The open documents, shared by every connection.
+#[derive(Clone)]
+pub struct Docs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn DocStore>,
+    live: DashMap<String, mpsc::Sender<Command>>,
+    config: DocConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A connection's membership of one open document.
+pub struct Joined {
+    commands: mpsc::Sender<Command>,
+    conn: u64,
+}
+
+impl Joined {
+    /// Hand one frame to the document; waits for room in its queue. False once the document
+    /// task is gone (shutdown).
+    pub async fn frame(&self, frame: Bytes) -> bool {
+        let conn = self.conn;
+        self.commands
+            .send(Command::Frame { conn, frame })
+            .await
+            .is_ok()
+    }
+
+    /// The connection closed.
+    pub async fn leave(self) {
+        let _ = self.commands.send(Command::Leave { conn: self.conn }).await;
+    }
+}
+
+impl Docs {
+    pub fn new(
+        store: Arc<dyn DocStore>,
+        config: DocConfig,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Docs {
+        Docs {
+            inner: Arc::new(Inner {
+                store,
+                live: DashMap::new(),
+                config,
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn DocStore> {
+        &self.inner.store
+    }
+
+    /// Documents in memory now.
+    pub fn live(&self) -> usize {
+        self.inner.live.len()
+    }
+
+    /// Join connection `conn` to document `id` (which must exist in the store); frames for it
+    /// go to `outbox`. Fails if the document cannot be loaded.
+    pub async fn join(
+        &self,
+        id: &str,
+        conn: u64,
+        outbox: Arc<Outbox>,
+        read_only: bool,
+    ) -> Result<Joined, String> {
+        loop {
+            let commands = self.task(id);
+            let (accepted, answer) = oneshot::channel();
+            let join = Command::Join {
+                conn,
+                outbox: outbox.clone(),
+                read_only,
+                accepted,
+            };
+            if commands.send(join).await.is_ok()
+                && let Ok(result) = answer.await
+            {
+                return result.map(|()| Joined { commands, conn });
+            }
+            if self.inner.shutdown.is_cancelled() {
+                return Err("the server is shutting down".into());
+            }
+            // The task was ending: forget it (if nobody did yet) and join a new one.
+            self.inner
+                .live
+                .remove_if(id, |_, live| live.same_channel(&commands));
+        }
+    }
+
+    /// Document `id` was deleted from the store: close its connections and forget it.
+    pub async fn deleted(&self, id: &str) {
+        if let Some((_, commands)) = self.inner.live.remove(id) {
+            let _ = commands.send(Command::Deleted).await;
+        }
+    }
+
+    /// The live task of `id`, spawned (and loading) if there is none.
+    fn task(&self, id: &str) -> mpsc::Sender<Command> {
+        self.inner
+            .live
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                let (commands, queue) = mpsc::channel(QUEUE);
+                let task = DocTask::new(self.inner.clone(), id.to_string(), commands.downgrade());
+                let span = tracing::debug_span!("doc", id);
+                self.inner.tasks.spawn(task.run(queue).instrument(span));
+                commands
+            })
+            .clone()
+    }
+}
+
+/// A store write of the task in flight.
+type Write = Pin<Box<dyn Future<Output = Result<Written, StoreError>> + Send>>;
+
+enum Written {
+    Appended { seq: i64, merged: usize },
+    Compacted { upto: i64 },
+}
+
+struct DocTask {
+    inner: Arc<Inner>,
+    id: String,
+    /// Its own queue, to leave the registry only if it is still the one there.
+    me: mpsc::WeakSender<Command>,
+    outboxes: HashMap<u64, Arc<Outbox>>,
+    /// Accepted updates not yet handed to the store, and their size.
+    pending: Vec<Vec<u8>>,
+    pending_bytes: usize,
+    /// The last update's sequence number in the store, and how many are logged after the
+    /// snapshot.
+    last_seq: i64,
+    logged: usize,
+    last_sent: Instant,
+}
+
+impl DocTask {
+    fn new(inner: Arc<Inner>, id: String, me: mpsc::WeakSender<Command>) -> DocTask {
+        DocTask {
+            inner,
+            id,
+            me,
+            outboxes: HashMap::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            last_seq: 0,
+            logged: 0,
+            last_sent: Instant::now(),
+        }
+    }
+
+    async fn load(&mut self) -> Result<DocCore, String> {
+        let content: DocContent = self
+            .inner
+            .store
+            .load_doc(&self.id)
+            .await
+            .map_err(|e| format!("cannot load the document: {e}"))?;
+        self.last_seq = content.last_seq;
+        self.logged = content.updates.len();
+        DocCore::load(
+            self.inner.config.limits,
+            content.snapshot.as_deref(),
+            &content.updates,
+        )
+        .map_err(|e| format!("the stored document is damaged: {e}"))
+    }
+
+    async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        let mut core = match self.load().await {
+            Ok(core) => core,
+            Err(e) => {
+                tracing::error!(error = %e, "document unavailable");
+                self.leave_registry();
+                queue.close();
+                while let Some(command) = queue.recv().await {
+                    if let Command::Join { accepted, .. } = command {
+                        let _ = accepted.send(Err(e.clone()));
+                    }
+                }
+                return;
+            }
+        };
+        tracing::debug!(bytes = core.bytes(), "document loaded");
+        let mut writing: Option<Write> = None;
+        let mut tick = tokio::time::interval(TICK);
+        let mut idle_since = Some(Instant::now());
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if writing.is_none() && retry_at.is_none_or(|at| at <= Instant::now()) {
+                retry_at = None;
+                writing = self.next_write(&mut core);
+            }
+            let shutting = self.inner.shutdown.is_cancelled();
+            if shutting && writing.is_none() && self.pending.is_empty() {
+                break;
+            }
+            let room = self.pending_bytes < PENDING_LIMIT;
+            tokio::select! {
+                command = queue.recv(), if room => match command {
+                    Some(Command::Deleted) => {
+                        for outbox in self.outboxes.values() {
+                            outbox.close(CloseReason::graceful(
+                                ErrorCode::NotFound,
+                                "the document was deleted",
+                                false,
+                            ));
+                        }
+                        break;
+                    }
+                    Some(command) => self.handle(&mut core, command),
+                    None => break,
+                },
+                written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    match written {
+                        Ok(Written::Appended { seq, merged }) => {
+                            self.last_seq = seq;
+                            self.logged += 1;
+                            tracing::trace!(seq, merged, "updates saved");
+                        }
+                        Ok(Written::Compacted { upto }) => {
+                            self.logged = 0;
+                            tracing::debug!(upto, bytes = core.bytes(), "document compacted");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot save the document; retrying");
+                            retry_at = Some(Instant::now() + RETRY);
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    core.tick(now_ms());
+                    if self.last_sent.elapsed() >= KEEPALIVE {
+                        self.send_all(DocCore::keepalive());
+                    }
+                    let saved = writing.is_none() && self.pending.is_empty();
+                    if core.connections() > 0 || !saved {
+                        idle_since = None;
+                    } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= self.inner.config.idle
+                        && self.evict(&mut queue)
+                    {
+                        break;
+                    }
+                }
+                _ = self.inner.shutdown.cancelled(), if !shutting => {}
+            }
+            self.execute(&mut core);
+        }
+        tracing::debug!("document closed");
+    }
+
+    fn handle(&mut self, core: &mut DocCore, command: Command) {
+        match command {
+            Command::Join {
+                conn,
+                outbox,
+                read_only,
+                accepted,
+            } => {
+                if accepted.send(Ok(())).is_ok() {
+                    core.join(conn, read_only);
+                    self.outboxes.insert(conn, outbox);
+                }
+            }
+            Command::Frame { conn, frame } => {
+                if let Err(e) = core.receive(conn, &frame, now_ms()) {
+                    tracing::debug!(conn, error = %e, "closing a document connection");
+                    if let Some(outbox) = self.outboxes.remove(&conn) {
+                        outbox.close(close_reason(&e));
+                    }
+                    core.leave(conn);
+                }
+            }
+            Command::Leave { conn } => {
+                self.outboxes.remove(&conn);
+                core.leave(conn);
+            }
+            Command::Deleted => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Execute the core's effects: frames into outboxes, updates to save.
+    fn execute(&mut self, core: &mut DocCore) {
+        let now = Instant::now();
+        while let Some(effect) = core.poll_effect() {
+            match effect {
+                Effect::Send(conn, frame) => {
+                    if let Some(outbox) = self.outboxes.get(&conn) {
+                        let _ = outbox.push(frame, now);
+                    }
+                }
+                Effect::Broadcast { except, frame } => {
+                    self.last_sent = Instant::now();
+                    for (conn, outbox) in &self.outboxes {
+                        if Some(*conn) != except {
+                            // A full outbox closes its connection as a slow consumer.
+                            let _ = outbox.push(frame.clone(), now);
+                        }
+                    }
+                }
+                Effect::Persist(update) => {
+                    self.pending_bytes += update.len();
+                    self.pending.push(update);
+                }
+            }
+        }
+    }
+
+    fn send_all(&mut self, frame: Bytes) {
+        self.last_sent = Instant::now();
+        let now = Instant::now();
+        for outbox in self.outboxes.values() {
+            let _ = outbox.push(frame.clone(), now);
+        }
+    }
+
+    /// The next store write: the pending updates merged into one, else a compaction if due.
+    fn next_write(&mut self, core: &mut DocCore) -> Option<Write> {
+        let store = self.inner.store.clone();
+        let id = self.id.clone();
+        if !self.pending.is_empty() {
+            let updates = std::mem::take(&mut self.pending);
+            self.pending_bytes = 0;
+            let merged = updates.len();
+            let update = if merged == 1 {
+                updates.into_iter().next().expect("one update")
+            } else {
+                match yrs::merge_updates_v1(&updates) {
+                    Ok(update) => update,
+                    Err(e) => {
+                        // Each was accepted by the document: save them one by one.
+                        tracing::warn!(error = %e, "cannot merge updates");
+                        let first = updates[0].clone();
+                        self.pending_bytes = updates[1..].iter().map(Vec::len).sum();
+                        self.pending = updates[1..].to_vec();
+                        first
+                    }
+                }
+            };
+            return Some(Box::pin(async move {
+                let seq = store.append_doc_update(&id, update).await?;
+                Ok(Written::Appended { seq, merged })
+            }));
+        }
+        if self.logged >= self.inner.config.compact_updates {
+            let snapshot = core.snapshot();
+            let upto = self.last_seq;
+            return Some(Box::pin(async move {
+                store.compact_doc(&id, snapshot, upto).await?;
+                Ok(Written::Compacted { upto })
+            }));
+        }
+        None
+    }
+
+    /// Leave the registry if nobody joined meanwhile; true if the task may end.
+    fn evict(&mut self, queue: &mut mpsc::Receiver<Command>) -> bool {
+        if !queue.is_empty() {
+            return false;
+        }
+        self.leave_registry();
+        // Joins that got our queue before we left it are dropped unanswered: they join anew.
+        queue.close();
+        true
+    }
+
+    fn leave_registry(&self) {
+        if let Some(me) = self.me.upgrade() {
+            self.inner
+                .live
+                .remove_if(&self.id, |_, live| live.same_channel(&me));
+        }
+    }
+}
+
+/// How a connection whose frame was refused is closed.
+fn close_reason(e: &SyncError) -> CloseReason {
+    let code = match e {
+        SyncError::DocTooLarge(_) => ErrorCode::FrameTooLarge,
+        SyncError::Malformed(_) | SyncError::Update(_) | SyncError::AwarenessLimit(_) => {
+            ErrorCode::InvalidRequest
+        }
+    };
+    CloseReason::graceful(code, e.to_string(), false)
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the awareness clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}

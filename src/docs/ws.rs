@@ -1,0 +1,274 @@
+//! The y-websocket endpoint, `/yjs/{doc}?token=…`: what the `y-websocket` provider (and every
+//! Yjs app built on it) connects to.
+//!
+//! Admission happens after the upgrade, so a refusal reaches the provider in a form it
+//! understands: the auth message "permission denied" with the reason, then a close code in
+//! 4400–4499, which the provider treats as final (a refused upgrade would make it retry for
+//! ever). Admitted connections exchange binary y-websocket frames with the document's task.
+
+use super::Docs;
+use super::sync::permission_denied;
+use crate::access::{Action, Claims};
+use crate::connection::Permit;
+use crate::hub::{Batch, CloseReason, Outbox};
+use crate::protocol::ErrorCode;
+use crate::server::Shared;
+use crate::spaces::ServiceError;
+use crate::store::{DocRecord, StoreError};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+/// How long a closing connection's last frames may take to leave.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the client asked for in the URL.
+pub struct Request {
+    pub doc: String,
+    pub token: Option<String>,
+    /// The space a new document is created in (default: the organisation's home space).
+    pub space: Option<String>,
+}
+
+/// A document id: 1 to 255 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
+pub fn is_doc_id(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+}
+
+/// Serve one upgraded connection on `/yjs/`.
+pub async fn run(
+    shared: Arc<Shared>,
+    upgraded: hyper::upgrade::Upgraded,
+    request: Request,
+    permit: Permit,
+) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(shared.config.ws_read_buffer)
+        .max_message_size(Some(shared.config.doc_max_bytes))
+        .max_frame_size(Some(shared.config.doc_max_bytes));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (mut sink, mut stream) = ws.split();
+    let admitted = admit(&shared, &request).await;
+    let (doc, claims, read_only) = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            tracing::debug!(doc = request.doc, error = %e.message, "document refused");
+            let _ = sink
+                .feed(Message::Binary(permission_denied(&e.message)))
+                .await;
+            let _ = sink.send(close(e.code, &e.message)).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    let conn = shared.next_conn_id();
+    let span = tracing::debug_span!("yjs", conn, doc = doc.id, user = claims.sub);
+    let _permit = permit;
+    let outbox = Arc::new(Outbox::new(
+        conn,
+        shared.config.outbox_bytes.max(shared.config.doc_max_bytes),
+        shared.metrics.clone(),
+    ));
+    let joined = match shared
+        .docs
+        .join(&doc.id, conn, outbox.clone(), read_only)
+        .await
+    {
+        Ok(joined) => joined,
+        Err(message) => {
+            let _ = sink.send(close(ErrorCode::Internal, &message)).await;
+            return;
+        }
+    };
+    tracing::debug!(parent: &span, read_only, "document opened");
+    let writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    let closed = outbox.closed_token();
+    loop {
+        let message = tokio::select! {
+            m = stream.next() => m,
+            _ = closed.cancelled() => break,
+            _ = shared.shutdown.cancelled() => {
+                outbox.close(CloseReason::graceful(ErrorCode::ShuttingDown, "the server is shutting down", true));
+                break;
+            }
+        };
+        match message {
+            Some(Ok(Message::Binary(frame))) => {
+                if !joined.frame(frame).await {
+                    break;
+                }
+            }
+            Some(Ok(Message::Text(_))) => {
+                outbox.close(CloseReason::graceful(
+                    ErrorCode::MalformedFrame,
+                    "y-websocket frames are binary",
+                    false,
+                ));
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Err(WsError::Capacity(e))) => {
+                outbox.close(CloseReason::graceful(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame too large: {e}"),
+                    false,
+                ));
+                break;
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+        }
+    }
+    joined.leave().await;
+    outbox.close(CloseReason::gone("closed"));
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
+    tracing::debug!(parent: &span, "document connection closed");
+}
+
+type Sink =
+    futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+
+/// Write the outbox's frames as binary messages until it closes; then close the socket with
+/// the reason's code.
+async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>) {
+    let mut batch = VecDeque::new();
+    loop {
+        match outbox.next_batch(&mut batch).await {
+            Batch::Frames(_) => {
+                for frame in batch.drain(..) {
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Batch::Closed(reason) => {
+                if reason.goodbye {
+                    let _ = sink.send(close(reason.code, &reason.message)).await;
+                }
+                let _ = sink.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// The close frame for `code`. The provider gives up on 4400–4499 and reconnects on others.
+fn close(code: ErrorCode, message: &str) -> Message {
+    let code = match code {
+        ErrorCode::MalformedFrame | ErrorCode::InvalidRequest => 4400,
+        ErrorCode::InvalidToken | ErrorCode::TokenExpired => 4401,
+        ErrorCode::Forbidden => 4403,
+        ErrorCode::NotFound => 4404,
+        ErrorCode::FrameTooLarge => 4413,
+        ErrorCode::ShuttingDown => u16::from(CloseCode::Away),
+        ErrorCode::SlowConsumer | ErrorCode::RateLimited => u16::from(CloseCode::Again),
+        _ => u16::from(CloseCode::Error),
+    };
+    // A close reason is at most 123 bytes.
+    let mut reason = message.to_string();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// Who may open the document, and how: the token's user, the document (created if the
+/// configuration allows), and whether the user may only read.
+async fn admit(
+    shared: &Shared,
+    request: &Request,
+) -> Result<(DocRecord, Claims, bool), ServiceError> {
+    let token = request.token.as_deref().ok_or_else(|| {
+        ServiceError::new(ErrorCode::InvalidToken, "a token is required (?token=…)")
+    })?;
+    let claims = shared
+        .keys
+        .verify(token, crate::auth::unix_now())
+        .map_err(|e| ServiceError::new(e.code(), e.to_string()))?;
+    let doc = open_or_create(shared, &claims, &request.doc, request.space.as_deref()).await?;
+    // Not telling a stranger whether the document exists.
+    shared
+        .spaces
+        .check(&claims, Action::Subscribe, &doc.space)
+        .await
+        .map_err(|_| ServiceError::new(ErrorCode::Forbidden, "no access to this document"))?;
+    let read_only = shared
+        .spaces
+        .check(&claims, Action::Publish, &doc.space)
+        .await
+        .is_err();
+    Ok((doc, claims, read_only))
+}
+
+/// Document `id`, created in `space` (or the caller's home space) if it does not exist and
+/// the configuration allows it.
+pub async fn open_or_create(
+    shared: &Shared,
+    claims: &Claims,
+    id: &str,
+    space: Option<&str>,
+) -> Result<DocRecord, ServiceError> {
+    if !is_doc_id(id) {
+        return Err(ServiceError::new(
+            ErrorCode::InvalidRequest,
+            "a document id is 1 to 255 of A-Z a-z 0-9 - _ . : /",
+        ));
+    }
+    let docs: &Docs = &shared.docs;
+    if let Some(doc) = docs.store().doc(id).await? {
+        return Ok(doc);
+    }
+    if !shared.config.docs_auto_create {
+        return Err(ServiceError::new(ErrorCode::NotFound, "no such document"));
+    }
+    create(shared, claims, id, space).await
+}
+
+/// Create document `id` in `space` (or the caller's home space): the caller must be allowed
+/// to publish there. If someone created it meanwhile, that document is returned.
+pub async fn create(
+    shared: &Shared,
+    claims: &Claims,
+    id: &str,
+    space: Option<&str>,
+) -> Result<DocRecord, ServiceError> {
+    let now = crate::server::unix_ms();
+    let space = match space {
+        Some(space) => space.to_string(),
+        None => shared.spaces.home(claims, now).await?.id,
+    };
+    shared.spaces.check(claims, Action::Publish, &space).await?;
+    let doc = DocRecord {
+        id: id.to_string(),
+        space,
+        created_by: claims.sub.clone(),
+        created_ms: now,
+    };
+    match shared.docs.store().create_doc(doc.clone()).await {
+        Ok(()) => Ok(doc),
+        Err(StoreError::AlreadyExists(_)) => shared
+            .docs
+            .store()
+            .doc(id)
+            .await?
+            .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "document vanished")),
+        Err(e) => Err(e.into()),
+    }
+}
