@@ -51,6 +51,23 @@ pub struct Metrics {
     /// Time from a frame entering an empty outbox to the write that carried it.
     pub publish_to_write: Histogram,
     pub presence: PresenceMetrics,
+    pub docs: DocMetrics,
+}
+
+/// What the co-edited documents report.
+#[derive(Clone, Default)]
+pub struct DocMetrics {
+    /// Documents in memory.
+    pub open: Gauge,
+    /// Connections on documents (all transports).
+    pub connections: Gauge,
+    /// Loads of a document from the store.
+    pub loads: Counter,
+    /// Updates the documents accepted.
+    pub updates: Counter,
+    /// Store writes: merged appends and compactions.
+    pub appends: Counter,
+    pub compactions: Counter,
 }
 
 /// What the presence task reports: gauges refreshed about once a second, and the frames it
@@ -109,8 +126,32 @@ impl Metrics {
             queued_frames: Gauge::default(),
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             presence: PresenceMetrics::default(),
+            docs: DocMetrics::default(),
             registry: Registry::default(),
         };
+        let d = &metrics.docs;
+        registry.register("docs_open", "Documents in memory", d.open.clone());
+        registry.register(
+            "docs_connections",
+            "Connections on documents",
+            d.connections.clone(),
+        );
+        for (name, help, counter) in [
+            ("docs_loads", "Documents loaded from the store", &d.loads),
+            ("docs_updates", "Updates the documents accepted", &d.updates),
+            (
+                "docs_appends",
+                "Store appends of (merged) document updates",
+                &d.appends,
+            ),
+            (
+                "docs_compactions",
+                "Documents compacted into a snapshot",
+                &d.compactions,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         let p = &metrics.presence;
         for (name, help, gauge) in [
             (

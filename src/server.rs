@@ -227,7 +227,13 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     let spaces = Spaces::new(store);
     spaces.set_listener(presence.clone());
     let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
-    let docs = Docs::new(doc_store, config.docs(), shutdown.clone(), tasks.clone());
+    let docs = Docs::new(
+        doc_store,
+        metrics.clone(),
+        config.docs(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
     Ok(Arc::new(Shared {
         bus: Arc::new(LocalBus::new(hub.clone())),
         hub,

@@ -20,6 +20,7 @@ pub mod sync;
 pub mod ws;
 
 use crate::hub::{CloseReason, Outbox};
+use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
 use crate::store::{DocContent, DocStore, StoreError};
 use bytes::Bytes;
@@ -83,6 +84,7 @@ pub struct Docs {
 
 struct Inner {
     store: Arc<dyn DocStore>,
+    metrics: Arc<Metrics>,
     live: DashMap<String, mpsc::Sender<Command>>,
     config: DocConfig,
     shutdown: CancellationToken,
@@ -115,6 +117,7 @@ impl Joined {
 impl Docs {
     pub fn new(
         store: Arc<dyn DocStore>,
+        metrics: Arc<Metrics>,
         config: DocConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -122,6 +125,7 @@ impl Docs {
         Docs {
             inner: Arc::new(Inner {
                 store,
+                metrics,
                 live: DashMap::new(),
                 config,
                 shutdown,
@@ -132,11 +136,6 @@ impl Docs {
 
     pub fn store(&self) -> &Arc<dyn DocStore> {
         &self.inner.store
-    }
-
-    /// Documents in memory now.
-    pub fn live(&self) -> usize {
-        self.inner.live.len()
     }
 
     /// Join connection `conn` to document `id` (which must exist in the store); frames for it
@@ -235,6 +234,7 @@ impl DocTask {
     }
 
     async fn load(&mut self) -> Result<DocCore, String> {
+        self.inner.metrics.docs.loads.inc();
         let content: DocContent = self
             .inner
             .store
@@ -267,6 +267,8 @@ impl DocTask {
             }
         };
         tracing::debug!(bytes = core.bytes(), "document loaded");
+        let metrics = self.inner.metrics.docs.clone();
+        metrics.open.inc();
         let mut writing: Option<Write> = None;
         let mut tick = tokio::time::interval(TICK);
         let mut idle_since = Some(Instant::now());
@@ -300,11 +302,13 @@ impl DocTask {
                     writing = None;
                     match written {
                         Ok(Written::Appended { seq, merged }) => {
+                            metrics.appends.inc();
                             self.last_seq = seq;
                             self.logged += 1;
                             tracing::trace!(seq, merged, "updates saved");
                         }
                         Ok(Written::Compacted { upto }) => {
+                            metrics.compactions.inc();
                             self.logged = 0;
                             tracing::debug!(upto, bytes = core.bytes(), "document compacted");
                         }
@@ -332,6 +336,8 @@ impl DocTask {
             }
             self.execute(&mut core);
         }
+        metrics.open.dec();
+        metrics.connections.dec_by(self.outboxes.len() as i64);
         tracing::debug!("document closed");
     }
 
@@ -346,6 +352,7 @@ impl DocTask {
                 if accepted.send(Ok(())).is_ok() {
                     core.join(conn, read_only);
                     self.outboxes.insert(conn, outbox);
+                    self.inner.metrics.docs.connections.inc();
                 }
             }
             Command::Frame { conn, frame } => {
@@ -353,12 +360,15 @@ impl DocTask {
                     tracing::debug!(conn, error = %e, "closing a document connection");
                     if let Some(outbox) = self.outboxes.remove(&conn) {
                         outbox.close(close_reason(&e));
+                        self.inner.metrics.docs.connections.dec();
                     }
                     core.leave(conn);
                 }
             }
             Command::Leave { conn } => {
-                self.outboxes.remove(&conn);
+                if self.outboxes.remove(&conn).is_some() {
+                    self.inner.metrics.docs.connections.dec();
+                }
                 core.leave(conn);
             }
             Command::Deleted => unreachable!("handled by the loop"),
@@ -385,6 +395,7 @@ impl DocTask {
                     }
                 }
                 Effect::Persist(update) => {
+                    self.inner.metrics.docs.updates.inc();
                     self.pending_bytes += update.len();
                     self.pending.push(update);
                 }

@@ -4,6 +4,7 @@ mod api;
 mod bench;
 mod chat;
 mod cli;
+mod docs;
 mod fanout;
 mod presence;
 mod session;

@@ -1,0 +1,242 @@
+//! Co-edited documents on `/yjs/{doc}`, with a y-websocket client built on `yrs`'s own
+//! protocol encoding (independent of the server's).
+
+use crate::util::TestServer;
+use chorus::access::Grant;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use yrs::sync::{Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, Text, Transact, Update};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A y-websocket client with its own copy of the document.
+struct YClient {
+    ws: Ws,
+    doc: Doc,
+}
+
+impl YClient {
+    async fn open(s: &TestServer, doc: &str, token: &str) -> YClient {
+        let url = format!("ws://{}/yjs/{doc}?token={token}", s.http);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut client = YClient {
+            ws,
+            doc: Doc::new(),
+        };
+        let sv = client.doc.transact().state_vector();
+        client.send(Message::Sync(SyncMessage::SyncStep1(sv))).await;
+        client
+    }
+
+    async fn send(&mut self, message: Message) {
+        let bytes = message.encode_v1();
+        self.ws.send(WsMessage::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// Insert `s` at the end of text `t` and send the update.
+    async fn append(&mut self, s: &str) {
+        let text = self.doc.get_or_insert_text("t");
+        let before = self.doc.transact().state_vector();
+        {
+            let mut txn = self.doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, s);
+        }
+        let update = self.doc.transact().encode_diff_v1(&before);
+        self.send(Message::Sync(SyncMessage::Update(update))).await;
+    }
+
+    fn text(&self) -> String {
+        self.doc
+            .get_or_insert_text("t")
+            .get_string(&self.doc.transact())
+    }
+
+    /// The next message, or `None` once the server closed (with its close frame, if any).
+    async fn next(&mut self) -> Result<Message, Option<(u16, String)>> {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("the server said nothing in time");
+            match frame {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    return Ok(Message::decode_v1(&bytes).unwrap());
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Err(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Apply what the server sends, answering its step 1, until the text is `want`.
+    async fn until_text(&mut self, want: &str) {
+        while self.text() != want {
+            match self.next().await {
+                Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
+                    let diff = self.doc.transact().encode_diff_v1(&sv);
+                    self.send(Message::Sync(SyncMessage::SyncStep2(diff))).await;
+                }
+                Ok(Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) => {
+                    let update = Update::decode_v1(&u).unwrap();
+                    self.doc.transact_mut().apply_update(update).unwrap();
+                }
+                Ok(_) => {}
+                Err(close) => panic!(
+                    "closed ({close:?}) with text {:?}, want {want:?}",
+                    self.text()
+                ),
+            }
+        }
+    }
+
+    /// The refusal: permission denied with a reason, then a close code.
+    async fn refused(&mut self) -> (String, u16) {
+        let reason = match self.next().await {
+            Ok(Message::Auth(Some(reason))) => reason,
+            other => panic!("expected permission denied, got {other:?}"),
+        };
+        match self.next().await {
+            Err(Some((code, _))) => (reason, code),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn refusals_are_permission_denied_then_a_final_close_code() {
+    let s = TestServer::start().await;
+    let alice = s.token("alice", "acme");
+    let mut a = YClient::open(&s, "plan", &alice).await;
+    a.append("secret").await;
+    a.until_text("secret").await;
+
+    let mut bob = YClient::open(&s, "plan", &s.token("bob", "globex")).await;
+    let (reason, code) = bob.refused().await;
+    assert_eq!(
+        (reason.as_str(), code),
+        ("no access to this document", 4403)
+    );
+
+    let url = format!("ws://{}/yjs/plan", s.http);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut anonymous = YClient {
+        ws,
+        doc: Doc::new(),
+    };
+    let (reason, code) = anonymous.refused().await;
+    assert!(reason.contains("token"), "{reason}");
+    assert_eq!(code, 4401);
+
+    let mut bad = YClient::open(&s, "no%20spaces", &alice).await;
+    assert_eq!(bad.refused().await.1, 4400);
+    // None of it reached alice's document.
+    a.append("!").await;
+    a.until_text("secret!").await;
+}
+
+#[tokio::test]
+async fn users_of_one_organisation_share_documents_and_read_only_users_only_read() {
+    let s = TestServer::start().await;
+    let mut a = YClient::open(&s, "notes/today", &s.token("alice", "acme")).await;
+    a.append("a").await;
+    a.until_text("a").await;
+    let mut c = YClient::open(&s, "notes/today", &s.token("carol", "acme")).await;
+    c.until_text("a").await;
+    // A read-only user may open the document, not create one.
+    let rita = s.token_with("rita", "acme", &[Grant::Subscribe], 3600);
+    let mut r = YClient::open(&s, "notes/today", &rita).await;
+    c.append("c").await;
+    r.until_text("ac").await;
+    r.append("RITA").await;
+    a.until_text("ac").await;
+    a.append("!").await;
+    // Had rita's edit reached anyone, carol's text would hold it before alice's "!".
+    c.until_text("ac!").await;
+    assert_eq!(s.shared.metrics.docs.updates.get(), 3);
+}
+
+#[tokio::test]
+async fn documents_survive_a_restart_through_compaction() {
+    let s = TestServer::with(|c| c.doc_compact_updates = 3).await;
+    let alice = s.token("alice", "acme");
+    let mut a = YClient::open(&s, "log", &alice).await;
+    let mut want = String::new();
+    for i in 0..10 {
+        let part = format!("{i},");
+        want.push_str(&part);
+        a.append(&part).await;
+        // One at a time, so that each is saved on its own and compactions follow.
+        let mut watcher = YClient::open(&s, "log", &alice).await;
+        watcher.until_text(&want).await;
+    }
+    let compactions = &s.shared.metrics.docs.compactions;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while compactions.get() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no compaction");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(a);
+    let dir = s.stop().await;
+    let s = TestServer::in_dir(dir, |_| {}).await;
+    let mut fresh = YClient::open(&s, "log", &s.token("carol", "acme")).await;
+    fresh.until_text(&want).await;
+}
+
+#[tokio::test]
+async fn a_cold_document_opened_by_many_at_once_is_loaded_once() {
+    let s = TestServer::with(|c| c.doc_idle_ms = 0).await;
+    let alice = s.token("alice", "acme");
+    let mut a = YClient::open(&s, "storm", &alice).await;
+    a.append("hello").await;
+    a.until_text("hello").await;
+    drop(a);
+    // Evicted once nobody has it open and everything is saved.
+    let docs = &s.shared.metrics.docs;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while docs.open.get() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never evicted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let loads = docs.loads.get();
+    let opens = (0..30).map(|i| {
+        let token = s.token(&format!("user{i}"), "acme");
+        let s = &s;
+        async move {
+            let mut c = YClient::open(s, "storm", &token).await;
+            c.until_text("hello").await;
+            c
+        }
+    });
+    let clients = futures_util::future::join_all(opens).await;
+    assert_eq!(docs.loads.get(), loads + 1, "loaded more than once");
+    assert_eq!(docs.connections.get(), 30);
+    drop(clients);
+}
+
+#[tokio::test]
+async fn oversized_updates_close_the_connection_for_good() {
+    let s = TestServer::with(|c| c.doc_max_bytes = 4096).await;
+    let alice = s.token("alice", "acme");
+    let mut a = YClient::open(&s, "small", &alice).await;
+    a.append(&"x".repeat(5000)).await;
+    loop {
+        match a.next().await {
+            Ok(_) => continue,
+            Err(close) => {
+                let (code, _) = close.expect("a close frame");
+                assert_eq!(code, 4413);
+                break;
+            }
+        }
+    }
+}
