@@ -35,6 +35,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/publish", post(publish))
         .merge(crate::chat::http::routes())
+        .merge(docs::http::routes())
         .fallback(|| async { ApiError(ServiceError::new(ErrorCode::NotFound, "no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.config.max_frame_bytes,
@@ -62,6 +63,12 @@ pub(crate) struct ApiError(pub(crate) ServiceError);
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         ApiError(e)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError(e.into())
     }
 }
 

@@ -16,6 +16,7 @@
 //! snapshot and the updates it holds are dropped, in one transaction. On shutdown a task saves
 //! what is pending before it ends.
 
+pub mod http;
 pub mod sync;
 pub mod ws;
 
@@ -74,6 +75,8 @@ enum Command {
     },
     /// The document was deleted: close its connections, save nothing more, end.
     Deleted,
+    /// The whole document, as one update.
+    State(oneshot::Sender<Vec<u8>>),
 }
 
 /// The open documents, shared by every connection.
@@ -176,6 +179,33 @@ impl Docs {
         if let Some((_, commands)) = self.inner.live.remove(id) {
             let _ = commands.send(Command::Deleted).await;
         }
+    }
+
+    /// Document `id` as one update: from its task if it is open (with what is not saved yet),
+    /// else from the store.
+    pub async fn state(&self, id: &str) -> Result<Vec<u8>, String> {
+        let live = self.inner.live.get(id).map(|c| c.clone());
+        if let Some(commands) = live {
+            let (reply, state) = oneshot::channel();
+            if commands.send(Command::State(reply)).await.is_ok()
+                && let Ok(state) = state.await
+            {
+                return Ok(state);
+            }
+        }
+        let content = self
+            .inner
+            .store
+            .load_doc(id)
+            .await
+            .map_err(|e| format!("cannot load the document: {e}"))?;
+        let core = DocCore::load(
+            self.inner.config.limits,
+            content.snapshot.as_deref(),
+            &content.updates,
+        )
+        .map_err(|e| format!("the stored document is damaged: {e}"))?;
+        Ok(core.state())
     }
 
     /// The live task of `id`, spawned (and loading) if there is none.
@@ -370,6 +400,9 @@ impl DocTask {
                     self.inner.metrics.docs.connections.dec();
                 }
                 core.leave(conn);
+            }
+            Command::State(reply) => {
+                let _ = reply.send(core.state());
             }
             Command::Deleted => unreachable!("handled by the loop"),
         }

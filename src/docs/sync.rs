@@ -236,12 +236,17 @@ impl DocCore {
         Bytes::from(out)
     }
 
-    /// The whole document as one update (a snapshot); the document's size becomes its length.
-    pub fn snapshot(&mut self) -> Vec<u8> {
-        let state = self
-            .doc
+    /// The whole document as one update.
+    pub fn state(&self) -> Vec<u8> {
+        self.doc
             .transact()
-            .encode_state_as_update_v1(&StateVector::default());
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// The whole document as one update, to store as its snapshot: the document's size
+    /// becomes its length.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        let state = self.state();
         self.bytes = state.len();
         state
     }

@@ -36,11 +36,20 @@ pub struct Request {
     pub space: Option<String>,
 }
 
-/// A document id: 1 to 255 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
-pub fn is_doc_id(s: &str) -> bool {
-    (1..=255).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+/// A document id is 1 to 255 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
+pub fn check_doc_id(id: &str) -> Result<(), ServiceError> {
+    let valid = (1..=255).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(ServiceError::new(
+            ErrorCode::InvalidRequest,
+            "a document id is 1 to 255 of A-Z a-z 0-9 - _ . : /",
+        ))
+    }
 }
 
 /// Serve one upgraded connection on `/yjs/`.
@@ -225,12 +234,7 @@ pub async fn open_or_create(
     id: &str,
     space: Option<&str>,
 ) -> Result<DocRecord, ServiceError> {
-    if !is_doc_id(id) {
-        return Err(ServiceError::new(
-            ErrorCode::InvalidRequest,
-            "a document id is 1 to 255 of A-Z a-z 0-9 - _ . : /",
-        ));
-    }
+    check_doc_id(id)?;
     let docs: &Docs = &shared.docs;
     if let Some(doc) = docs.store().doc(id).await? {
         return Ok(doc);

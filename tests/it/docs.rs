@@ -1,6 +1,7 @@
 //! Co-edited documents on `/yjs/{doc}`, with a y-websocket client built on `yrs`'s own
 //! protocol encoding (independent of the server's).
 
+use crate::api::http;
 use crate::util::TestServer;
 use chorus::access::Grant;
 use futures_util::{SinkExt, StreamExt};
@@ -239,4 +240,121 @@ async fn oversized_updates_close_the_connection_for_good() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_http_api_creates_lists_exports_and_deletes_documents() {
+    let s = TestServer::start().await;
+    let (alice, carol) = (s.token("alice", "acme"), s.token("carol", "acme"));
+    let bob = s.token("bob", "globex");
+    let body = r#"{"id":"specs/api"}"#;
+    let (status, doc, _) = http(s.http, "POST", "/api/docs", Some(&alice), Some(body)).await;
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(
+        (doc["id"].as_str(), doc["space"].as_str()),
+        (Some("specs/api"), Some("_acme"))
+    );
+    let (status, err, _) = http(s.http, "POST", "/api/docs", Some(&carol), Some(body)).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (409, Some("already_exists"))
+    );
+    let (status, err, _) = http(
+        s.http,
+        "POST",
+        "/api/docs",
+        Some(&alice),
+        Some(r#"{"id":"a b"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    let mut a = YClient::open(&s, "specs/api", &alice).await;
+    a.append("Hello").await;
+    a.until_text("Hello").await;
+    let map = a.doc.get_or_insert_map("meta");
+    {
+        let mut txn = a.doc.transact_mut();
+        yrs::Map::insert(&map, &mut txn, "title", "API");
+    }
+    let update = a
+        .doc
+        .transact()
+        .encode_state_as_update_v1(&Default::default());
+    a.send(Message::Sync(SyncMessage::Update(update))).await;
+
+    let (status, list, _) = http(s.http, "GET", "/api/spaces/_acme/docs", Some(&carol), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["id"], "specs/api");
+    let content = "/api/docs/specs%2Fapi/content";
+    // The export reads the open document, unsaved changes included.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, json, _) = http(s.http, "GET", content, Some(&carol), None).await;
+        assert_eq!(status, 200, "{json}");
+        if json["meta"]["title"] == "API" {
+            assert_eq!(json["t"], "Hello");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = format!("{content}?format=text&root=t");
+    let (status, _, body) = http(s.http, "GET", &text, Some(&carol), None).await;
+    assert_eq!((status, body.as_str()), (200, "Hello"));
+    let (status, err, _) = http(
+        s.http,
+        "GET",
+        &format!("{content}?format=xml"),
+        Some(&carol),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // Strangers see nothing; members who did not create it may not delete it.
+    for path in ["/api/docs/specs%2Fapi", content] {
+        let (status, err, _) = http(s.http, "GET", path, Some(&bob), None).await;
+        assert_eq!(
+            (status, err["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
+    }
+    let (status, _, _) = http(
+        s.http,
+        "DELETE",
+        "/api/docs/specs%2Fapi",
+        Some(&carol),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = http(
+        s.http,
+        "DELETE",
+        "/api/docs/specs%2Fapi",
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    // Its open connection is closed for good.
+    loop {
+        match a.next().await {
+            Ok(_) => continue,
+            Err(close) => {
+                assert_eq!(close.expect("a close frame").0, 4404);
+                break;
+            }
+        }
+    }
+    let (status, _, _) = http(s.http, "GET", "/api/docs/specs%2Fapi", Some(&alice), None).await;
+    assert_eq!(status, 404);
 }
