@@ -69,6 +69,9 @@ enum Command {
         conn: u64,
         request: PresenceRequest,
         done: oneshot::Sender<Result<(), ServiceError>>,
+        /// Whether the reply goes to the connection's outbox (not for a connection that does
+        /// not speak the session protocol, such as a document's).
+        answer: bool,
     },
 }
 
@@ -196,11 +199,28 @@ impl PresenceService {
                 Scope::Users(_) => authorize(claims, Action::WatchUsers, None)?,
             }
         }
+        self.request(conn, request, true).await
+    }
+
+    /// Show connection `conn` (connected with `connect`) in `room`, without a reply: for a
+    /// document's viewers, whose access the caller checked.
+    pub async fn enter_room(&self, conn: u64, room: RoomId) -> Result<(), ServiceError> {
+        let request = PresenceRequest::JoinRoom { id: 0, room };
+        self.request(conn, request, false).await
+    }
+
+    async fn request(
+        &self,
+        conn: u64,
+        request: PresenceRequest,
+        answer: bool,
+    ) -> Result<(), ServiceError> {
         let (done, answered) = oneshot::channel();
         let command = Command::Request {
             conn,
             request,
             done,
+            answer,
         };
         self.commands.try_send(command).map_err(|e| match e {
             TrySendError::Full(_) => ServiceError::new(
@@ -340,8 +360,9 @@ impl Task {
                 conn,
                 request,
                 done,
+                answer,
             } => {
-                let result = self.request(conn, request, now);
+                let result = self.request(conn, request, answer, now);
                 let _ = done.send(result);
             }
         }
@@ -451,6 +472,7 @@ impl Task {
         &mut self,
         conn: u64,
         request: PresenceRequest,
+        answer: bool,
         now: Millis,
     ) -> Result<(), ServiceError> {
         let state = self.conns.get_mut(&conn).ok_or_else(unavailable)?;
@@ -532,7 +554,7 @@ impl Task {
             }
         };
         // A full outbox closes its connection as a slow consumer; its disconnect follows.
-        if state.outbox.push(reply, Instant::now()).is_ok() {
+        if answer && state.outbox.push(reply, Instant::now()).is_ok() {
             self.metrics.queued_frames.inc();
         }
         Ok(())
@@ -689,6 +711,7 @@ mod tests {
                 conn,
                 request,
                 done,
+                answer: true,
             },
             NOW,
         );

@@ -100,20 +100,27 @@ impl Spaces {
     }
 
     /// The spaces `user` of `org` is a member of: memberships granted to another organisation
-    /// do not count (as in `access::authorize`). Read from the store, not the cache.
+    /// do not count (as in `access::authorize`), and the organisation's home space counts once
+    /// it exists. Read from the store, not the cache.
     pub async fn memberships(
         &self,
         user: &str,
         org: &str,
     ) -> Result<BTreeSet<String>, ServiceError> {
-        Ok(self
+        let mut spaces: BTreeSet<String> = self
             .store
             .memberships_of(user)
             .await?
             .into_iter()
             .filter(|m| m.org == org)
             .map(|m| m.space)
-            .collect())
+            .collect();
+        if let Some(home) = home_id(org)
+            && self.store.space(&home).await?.is_some()
+        {
+            spaces.insert(home);
+        }
+        Ok(spaces)
     }
 
     fn generation(&self, id: &str) -> u64 {

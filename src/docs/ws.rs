@@ -17,6 +17,7 @@ use crate::spaces::ServiceError;
 use crate::store::{DocRecord, StoreError};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use presence::RoomId;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,9 @@ pub struct Request {
     pub space: Option<String>,
 }
 
-/// A document id is 1 to 255 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
+/// A document id is 1 to 128 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
 pub fn check_doc_id(id: &str) -> Result<(), ServiceError> {
-    let valid = (1..=255).contains(&id.len())
+    let valid = (1..=128).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
@@ -47,7 +48,7 @@ pub fn check_doc_id(id: &str) -> Result<(), ServiceError> {
     } else {
         Err(ServiceError::new(
             ErrorCode::InvalidRequest,
-            "a document id is 1 to 255 of A-Z a-z 0-9 - _ . : /",
+            "a document id is 1 to 128 of A-Z a-z 0-9 - _ . : /",
         ))
     }
 }
@@ -99,6 +100,18 @@ pub async fn run(
         }
     };
     tracing::debug!(parent: &span, read_only, "document opened");
+    // Viewers show in presence, in the room `doc:<id>` of the document's space.
+    shared
+        .presence
+        .connect(&shared.spaces, conn, &claims, outbox.clone())
+        .await;
+    let room = RoomId {
+        space: doc.space.clone(),
+        id: format!("doc:{}", doc.id),
+    };
+    if let Err(e) = shared.presence.enter_room(conn, room).await {
+        tracing::debug!(parent: &span, error = %e.message, "viewer not shown in presence");
+    }
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     let closed = outbox.closed_token();
     loop {
@@ -137,6 +150,7 @@ pub async fn run(
         }
     }
     joined.leave().await;
+    shared.presence.disconnect(conn).await;
     outbox.close(CloseReason::gone("closed"));
     let abort = writer.abort_handle();
     if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
@@ -228,7 +242,7 @@ async fn admit(
 
 /// Document `id`, created in `space` (or the caller's home space) if it does not exist and
 /// the configuration allows it.
-pub async fn open_or_create(
+async fn open_or_create(
     shared: &Shared,
     claims: &Claims,
     id: &str,

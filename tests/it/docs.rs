@@ -2,9 +2,11 @@
 //! protocol encoding (independent of the server's).
 
 use crate::api::http;
-use crate::util::TestServer;
+use crate::util::{TestServer, Tr};
 use chorus::access::Grant;
+use chorus::protocol::ServerFrame;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use yrs::sync::{Message, SyncMessage};
@@ -357,4 +359,57 @@ async fn the_http_api_creates_lists_exports_and_deletes_documents() {
     }
     let (status, _, _) = http(s.http, "GET", "/api/docs/specs%2Fapi", Some(&alice), None).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn viewers_show_in_presence_in_the_document_room() {
+    let s = TestServer::with(|c| c.presence_grace_ms = 0).await;
+    let alice = s.token("alice", "acme");
+    // The document (and so the home space) exists before carol connects.
+    let mut a = YClient::open(&s, "roadmap", &alice).await;
+    a.append("x").await;
+    a.until_text("x").await;
+    let mut carol = s.client(Tr::Ws, "carol", "acme").await;
+    let room = json!({"space": "_acme", "id": "doc:roadmap"});
+    let snapshot = carol
+        .call(json!({"type": "presence.subscribe", "scope": {"room": room}}))
+        .await
+        .unwrap();
+    let online = |entries: &Value| {
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["user"]["id"] == "alice" && e["status"] != "offline")
+    };
+    // alice shows as in the room (at once, or when her viewer's presence arrives) ...
+    let mut shown = online(&snapshot["entries"]);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !shown {
+        shown = presence_of_alice(&mut carol, deadline).await != presence::Status::Offline;
+    }
+    // ... and leaves it when her viewer closes.
+    drop(a);
+    while presence_of_alice(&mut carol, deadline).await != presence::Status::Offline {}
+}
+
+/// alice's status in the next presence frame that names her.
+async fn presence_of_alice(
+    client: &mut chorus::client::Client,
+    deadline: tokio::time::Instant,
+) -> presence::Status {
+    loop {
+        let frame = tokio::time::timeout_at(deadline, client.expect())
+            .await
+            .expect("no presence change in time")
+            .unwrap();
+        if let ServerFrame::Presence { updates } = frame
+            && let Some(e) = updates
+                .iter()
+                .flat_map(|u| &u.entries)
+                .find(|e| e.user.id == "alice")
+        {
+            return e.status;
+        }
+    }
 }
