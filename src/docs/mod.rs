@@ -225,7 +225,13 @@ impl Docs {
 }
 
 /// A store write of the task in flight.
-type Write = Pin<Box<dyn Future<Output = Result<Written, StoreError>> + Send>>;
+type Write = Pin<Box<dyn Future<Output = Result<Written, Unwritten>> + Send>>;
+
+/// A failed store write, with the update it was to append (to try again).
+struct Unwritten {
+    error: StoreError,
+    update: Option<Vec<u8>>,
+}
 
 enum Written {
     Appended { seq: i64, merged: usize },
@@ -342,8 +348,12 @@ impl DocTask {
                             self.logged = 0;
                             tracing::debug!(upto, bytes = core.bytes(), "document compacted");
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot save the document; retrying");
+                        Err(Unwritten { error, update }) => {
+                            tracing::error!(%error, "cannot save the document; retrying");
+                            if let Some(update) = update {
+                                self.pending_bytes += update.len();
+                                self.pending.push(update);
+                            }
                             retry_at = Some(Instant::now() + RETRY);
                         }
                     }
@@ -468,16 +478,26 @@ impl DocTask {
                 }
             };
             return Some(Box::pin(async move {
-                let seq = store.append_doc_update(&id, update).await?;
-                Ok(Written::Appended { seq, merged })
+                match store.append_doc_update(&id, update.clone()).await {
+                    Ok(seq) => Ok(Written::Appended { seq, merged }),
+                    Err(error) => Err(Unwritten {
+                        error,
+                        update: Some(update),
+                    }),
+                }
             }));
         }
         if self.logged >= self.inner.config.compact_updates {
             let snapshot = core.snapshot();
             let upto = self.last_seq;
             return Some(Box::pin(async move {
-                store.compact_doc(&id, snapshot, upto).await?;
-                Ok(Written::Compacted { upto })
+                match store.compact_doc(&id, snapshot, upto).await {
+                    Ok(()) => Ok(Written::Compacted { upto }),
+                    Err(error) => Err(Unwritten {
+                        error,
+                        update: None,
+                    }),
+                }
             }));
         }
         None
