@@ -202,10 +202,19 @@ impl PresenceService {
         self.request(conn, request, true).await
     }
 
-    /// Show connection `conn` (connected with `connect`) in `room`, without a reply: for a
-    /// document's viewers, whose access the caller checked.
-    pub async fn enter_room(&self, conn: u64, room: RoomId) -> Result<(), ServiceError> {
-        let request = PresenceRequest::JoinRoom { id: 0, room };
+    /// Show connection `conn` (connected with `connect`) in `room`, or no longer, without a
+    /// reply: for a document's viewers, whose access the caller checked.
+    pub async fn set_room(
+        &self,
+        conn: u64,
+        room: RoomId,
+        inside: bool,
+    ) -> Result<(), ServiceError> {
+        let request = if inside {
+            PresenceRequest::JoinRoom { id: 0, room }
+        } else {
+            PresenceRequest::LeaveRoom { id: 0, room }
+        };
         self.request(conn, request, false).await
     }
 

@@ -2,7 +2,7 @@
 //! JSON (every root type) or plain text (one text root). A document id with `/` in it travels
 //! percent-encoded in a path (`notes%2Ftoday`).
 
-use super::ws::{check_doc_id, create};
+use super::open::{check_doc_id, create};
 use crate::access::{Action, Claims, Grant, Role};
 use crate::http::{ApiError, ApiResult, Authed};
 use crate::protocol::ErrorCode;

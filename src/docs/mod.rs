@@ -17,12 +17,14 @@
 //! what is pending before it ends.
 
 pub mod http;
+pub mod open;
+pub mod session;
 pub mod sync;
 pub mod ws;
 
 use crate::hub::{CloseReason, Outbox};
 use crate::metrics::Metrics;
-use crate::protocol::ErrorCode;
+use crate::protocol::{DocData, ErrorCode, ServerFrame, encode_server};
 use crate::store::{DocContent, DocStore, StoreError};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -62,7 +64,7 @@ enum Command {
     /// means the task is ending: join again.
     Join {
         conn: u64,
-        outbox: Arc<Outbox>,
+        peer: Peer,
         read_only: bool,
         accepted: oneshot::Sender<Result<(), String>>,
     },
@@ -77,6 +79,22 @@ enum Command {
     Deleted,
     /// The whole document, as one update.
     State(oneshot::Sender<Vec<u8>>),
+}
+
+/// How a connection takes its document's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `/yjs/`: each y-websocket message is a WebSocket message; a refusal closes it.
+    YWebsocket,
+    /// The session protocol: `doc` frames in the connection's encoding; a refusal ends only
+    /// this document (`doc.closed`).
+    Session,
+}
+
+/// A connection on a document: where its frames go, and how.
+struct Peer {
+    outbox: Arc<Outbox>,
+    wire: Wire,
 }
 
 /// The open documents, shared by every connection.
@@ -148,6 +166,7 @@ impl Docs {
         id: &str,
         conn: u64,
         outbox: Arc<Outbox>,
+        wire: Wire,
         read_only: bool,
     ) -> Result<Joined, String> {
         loop {
@@ -155,7 +174,10 @@ impl Docs {
             let (accepted, answer) = oneshot::channel();
             let join = Command::Join {
                 conn,
-                outbox: outbox.clone(),
+                peer: Peer {
+                    outbox: outbox.clone(),
+                    wire,
+                },
                 read_only,
                 accepted,
             };
@@ -243,7 +265,7 @@ struct DocTask {
     id: String,
     /// Its own queue, to leave the registry only if it is still the one there.
     me: mpsc::WeakSender<Command>,
-    outboxes: HashMap<u64, Arc<Outbox>>,
+    peers: HashMap<u64, Peer>,
     /// Accepted updates not yet handed to the store, and their size.
     pending: Vec<Vec<u8>>,
     pending_bytes: usize,
@@ -260,7 +282,7 @@ impl DocTask {
             inner,
             id,
             me,
-            outboxes: HashMap::new(),
+            peers: HashMap::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             last_seq: 0,
@@ -322,12 +344,9 @@ impl DocTask {
             tokio::select! {
                 command = queue.recv(), if room => match command {
                     Some(Command::Deleted) => {
-                        for outbox in self.outboxes.values() {
-                            outbox.close(CloseReason::graceful(
-                                ErrorCode::NotFound,
-                                "the document was deleted",
-                                false,
-                            ));
+                        let conns: Vec<u64> = self.peers.keys().copied().collect();
+                        for conn in conns {
+                            self.refuse(conn, ErrorCode::NotFound, "the document was deleted");
                         }
                         break;
                     }
@@ -377,7 +396,7 @@ impl DocTask {
             self.execute(&mut core);
         }
         metrics.open.dec();
-        metrics.connections.dec_by(self.outboxes.len() as i64);
+        metrics.connections.dec_by(self.peers.len() as i64);
         tracing::debug!("document closed");
     }
 
@@ -385,28 +404,30 @@ impl DocTask {
         match command {
             Command::Join {
                 conn,
-                outbox,
+                peer,
                 read_only,
                 accepted,
             } => {
                 if accepted.send(Ok(())).is_ok() {
                     core.join(conn, read_only);
-                    self.outboxes.insert(conn, outbox);
-                    self.inner.metrics.docs.connections.inc();
+                    if self.peers.insert(conn, peer).is_none() {
+                        self.inner.metrics.docs.connections.inc();
+                    }
                 }
             }
             Command::Frame { conn, frame } => {
                 if let Err(e) = core.receive(conn, &frame, now_ms()) {
                     tracing::debug!(conn, error = %e, "closing a document connection");
-                    if let Some(outbox) = self.outboxes.remove(&conn) {
-                        outbox.close(close_reason(&e));
-                        self.inner.metrics.docs.connections.dec();
-                    }
+                    let code = match e {
+                        SyncError::DocTooLarge(_) => ErrorCode::FrameTooLarge,
+                        _ => ErrorCode::InvalidRequest,
+                    };
+                    self.refuse(conn, code, &e.to_string());
                     core.leave(conn);
                 }
             }
             Command::Leave { conn } => {
-                if self.outboxes.remove(&conn).is_some() {
+                if self.peers.remove(&conn).is_some() {
                     self.inner.metrics.docs.connections.dec();
                 }
                 core.leave(conn);
@@ -418,22 +439,48 @@ impl DocTask {
         }
     }
 
+    /// End connection `conn`'s use of the document: a `/yjs/` connection closes with `code`,
+    /// a session gets `doc.closed` and goes on.
+    fn refuse(&mut self, conn: u64, code: ErrorCode, message: &str) {
+        let Some(peer) = self.peers.remove(&conn) else {
+            return;
+        };
+        self.inner.metrics.docs.connections.dec();
+        match peer.wire {
+            Wire::YWebsocket => {
+                peer.outbox
+                    .close(CloseReason::graceful(code, message, false));
+            }
+            Wire::Session => {
+                let frame = ServerFrame::DocClosed {
+                    doc: self.id.clone(),
+                    code,
+                    message: message.to_string(),
+                };
+                let frame = encode_server(&frame, peer.outbox.encoding());
+                let _ = peer.outbox.push(frame, Instant::now());
+            }
+        }
+    }
+
     /// Execute the core's effects: frames into outboxes, updates to save.
     fn execute(&mut self, core: &mut DocCore) {
         let now = Instant::now();
         while let Some(effect) = core.poll_effect() {
             match effect {
                 Effect::Send(conn, frame) => {
-                    if let Some(outbox) = self.outboxes.get(&conn) {
-                        let _ = outbox.push(frame, now);
+                    if let Some(peer) = self.peers.get(&conn) {
+                        let frame = Framed::new(&self.id, frame).get(peer);
+                        let _ = peer.outbox.push(frame, now);
                     }
                 }
                 Effect::Broadcast { except, frame } => {
                     self.last_sent = Instant::now();
-                    for (conn, outbox) in &self.outboxes {
+                    let mut framed = Framed::new(&self.id, frame);
+                    for (conn, peer) in &self.peers {
                         if Some(*conn) != except {
                             // A full outbox closes its connection as a slow consumer.
-                            let _ = outbox.push(frame.clone(), now);
+                            let _ = peer.outbox.push(framed.get(peer), now);
                         }
                     }
                 }
@@ -446,11 +493,14 @@ impl DocTask {
         }
     }
 
+    /// A frame to every `/yjs/` connection (sessions have their own heartbeats).
     fn send_all(&mut self, frame: Bytes) {
         self.last_sent = Instant::now();
         let now = Instant::now();
-        for outbox in self.outboxes.values() {
-            let _ = outbox.push(frame.clone(), now);
+        for peer in self.peers.values() {
+            if peer.wire == Wire::YWebsocket {
+                let _ = peer.outbox.push(frame.clone(), now);
+            }
         }
     }
 
@@ -523,15 +573,40 @@ impl DocTask {
     }
 }
 
-/// How a connection whose frame was refused is closed.
-fn close_reason(e: &SyncError) -> CloseReason {
-    let code = match e {
-        SyncError::DocTooLarge(_) => ErrorCode::FrameTooLarge,
-        SyncError::Malformed(_) | SyncError::Update(_) | SyncError::AwarenessLimit(_) => {
-            ErrorCode::InvalidRequest
+/// One y-websocket frame as each wire takes it, each form built once.
+struct Framed<'a> {
+    doc: &'a str,
+    raw: Bytes,
+    session: [Option<Bytes>; 2],
+}
+
+impl<'a> Framed<'a> {
+    fn new(doc: &'a str, raw: Bytes) -> Framed<'a> {
+        Framed {
+            doc,
+            raw,
+            session: [None, None],
         }
-    };
-    CloseReason::graceful(code, e.to_string(), false)
+    }
+
+    fn get(&mut self, peer: &Peer) -> Bytes {
+        match peer.wire {
+            Wire::YWebsocket => self.raw.clone(),
+            Wire::Session => {
+                let encoding = peer.outbox.encoding();
+                let (doc, raw) = (self.doc, &self.raw);
+                self.session[encoding.index()]
+                    .get_or_insert_with(|| {
+                        let frame = ServerFrame::Doc {
+                            doc: doc.to_string(),
+                            data: DocData(raw.clone()),
+                        };
+                        encode_server(&frame, encoding)
+                    })
+                    .clone()
+            }
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the awareness clock.

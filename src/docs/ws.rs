@@ -6,18 +6,18 @@
 //! 4400–4499, which the provider treats as final (a refused upgrade would make it retry for
 //! ever). Admitted connections exchange binary y-websocket frames with the document's task.
 
-use super::Docs;
+use super::Wire;
+use super::open::{open, viewers};
 use super::sync::permission_denied;
-use crate::access::{Action, Claims};
+use crate::access::Claims;
 use crate::connection::Permit;
 use crate::hub::{Batch, CloseReason, Outbox};
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
-use crate::store::{DocRecord, StoreError};
+use crate::store::DocRecord;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use presence::RoomId;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,22 +35,6 @@ pub struct Request {
     pub token: Option<String>,
     /// The space a new document is created in (default: the organisation's home space).
     pub space: Option<String>,
-}
-
-/// A document id is 1 to 128 of A-Z a-z 0-9 - _ . : / (a path, as Yjs apps often name rooms).
-pub fn check_doc_id(id: &str) -> Result<(), ServiceError> {
-    let valid = (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-    if valid {
-        Ok(())
-    } else {
-        Err(ServiceError::new(
-            ErrorCode::InvalidRequest,
-            "a document id is 1 to 128 of A-Z a-z 0-9 - _ . : /",
-        ))
-    }
 }
 
 /// Serve one upgraded connection on `/yjs/`.
@@ -90,7 +74,7 @@ pub async fn run(
     ));
     let joined = match shared
         .docs
-        .join(&doc.id, conn, outbox.clone(), read_only)
+        .join(&doc.id, conn, outbox.clone(), Wire::YWebsocket, read_only)
         .await
     {
         Ok(joined) => joined,
@@ -105,11 +89,7 @@ pub async fn run(
         .presence
         .connect(&shared.spaces, conn, &claims, outbox.clone())
         .await;
-    let room = RoomId {
-        space: doc.space.clone(),
-        id: format!("doc:{}", doc.id),
-    };
-    if let Err(e) = shared.presence.enter_room(conn, room).await {
+    if let Err(e) = shared.presence.set_room(conn, viewers(&doc), true).await {
         tracing::debug!(parent: &span, error = %e.message, "viewer not shown in presence");
     }
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
@@ -212,8 +192,8 @@ fn close(code: ErrorCode, message: &str) -> Message {
     }))
 }
 
-/// Who may open the document, and how: the token's user, the document (created if the
-/// configuration allows), and whether the user may only read.
+/// The token's user, the document (created if the configuration allows), and whether the
+/// user may only read it.
 async fn admit(
     shared: &Shared,
     request: &Request,
@@ -225,68 +205,6 @@ async fn admit(
         .keys
         .verify(token, crate::auth::unix_now())
         .map_err(|e| ServiceError::new(e.code(), e.to_string()))?;
-    let doc = open_or_create(shared, &claims, &request.doc, request.space.as_deref()).await?;
-    // Not telling a stranger whether the document exists.
-    shared
-        .spaces
-        .check(&claims, Action::Subscribe, &doc.space)
-        .await
-        .map_err(|_| ServiceError::new(ErrorCode::Forbidden, "no access to this document"))?;
-    let read_only = shared
-        .spaces
-        .check(&claims, Action::Publish, &doc.space)
-        .await
-        .is_err();
+    let (doc, read_only) = open(shared, &claims, &request.doc, request.space.as_deref()).await?;
     Ok((doc, claims, read_only))
-}
-
-/// Document `id`, created in `space` (or the caller's home space) if it does not exist and
-/// the configuration allows it.
-async fn open_or_create(
-    shared: &Shared,
-    claims: &Claims,
-    id: &str,
-    space: Option<&str>,
-) -> Result<DocRecord, ServiceError> {
-    check_doc_id(id)?;
-    let docs: &Docs = &shared.docs;
-    if let Some(doc) = docs.store().doc(id).await? {
-        return Ok(doc);
-    }
-    if !shared.config.docs_auto_create {
-        return Err(ServiceError::new(ErrorCode::NotFound, "no such document"));
-    }
-    create(shared, claims, id, space).await
-}
-
-/// Create document `id` in `space` (or the caller's home space): the caller must be allowed
-/// to publish there. If someone created it meanwhile, that document is returned.
-pub async fn create(
-    shared: &Shared,
-    claims: &Claims,
-    id: &str,
-    space: Option<&str>,
-) -> Result<DocRecord, ServiceError> {
-    let now = crate::server::unix_ms();
-    let space = match space {
-        Some(space) => space.to_string(),
-        None => shared.spaces.home(claims, now).await?.id,
-    };
-    shared.spaces.check(claims, Action::Publish, &space).await?;
-    let doc = DocRecord {
-        id: id.to_string(),
-        space,
-        created_by: claims.sub.clone(),
-        created_ms: now,
-    };
-    match shared.docs.store().create_doc(doc.clone()).await {
-        Ok(()) => Ok(doc),
-        Err(StoreError::AlreadyExists(_)) => shared
-            .docs
-            .store()
-            .doc(id)
-            .await?
-            .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "document vanished")),
-        Err(e) => Err(e.into()),
-    }
 }

@@ -4,12 +4,14 @@
 
 pub mod chat;
 mod codec;
+pub mod docs;
 mod error;
 pub mod framing;
 pub mod presence;
 mod space;
 
 pub use chat::ChatRequest;
+pub use docs::{DocData, DocRequest};
 pub use presence::PresenceRequest;
 pub use space::SpaceRequest;
 
@@ -127,6 +129,15 @@ pub enum ServerFrame {
     /// at most one such frame per flush interval (`docs/protocol.md`, Presence).
     Presence {
         updates: Vec<::presence::ScopeUpdate>,
+    },
+    /// A y-websocket message of an open document (`doc.open`).
+    Doc { doc: String, data: DocData },
+    /// The server closed an open document (deleted, or the connection broke its rules).
+    #[serde(rename = "doc.closed")]
+    DocClosed {
+        doc: String,
+        code: ErrorCode,
+        message: String,
     },
     /// The server ended a presence subscription (the user lost the membership it needs).
     #[serde(rename = "presence.unsubscribed")]
