@@ -190,9 +190,8 @@ pub struct Listeners {
 impl Listeners {
     /// Bind the configured addresses (port 0 picks a free port).
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let http = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let http =
+            listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let quic = transport::quic::endpoint(config)?;
         Ok(Listeners { http, quic })
     }
@@ -250,6 +249,21 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         connections: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
     }))
+}
+
+/// Connections the kernel may hold for `accept` (capped by `net.core.somaxconn`): a reconnect
+/// storm of thousands arrives faster than one accept loop takes them.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// How long shutdown waits for connections to say goodbye.
