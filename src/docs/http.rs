@@ -2,8 +2,7 @@
 //! JSON (every root type) or plain text (one text root). A document id with `/` in it travels
 //! percent-encoded in a path (`notes%2Ftoday`).
 
-use super::open::{check_doc_id, create};
-use crate::access::{Action, Claims, Grant, Role};
+use super::open;
 use crate::http::{ApiError, ApiResult, Authed};
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
@@ -47,15 +46,7 @@ async fn create_doc(
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<DocRecord>)> {
     let Json(body) = body?;
-    let id = body.id.unwrap_or_else(crate::spaces::random_id);
-    check_doc_id(&id)?;
-    if shared.docs.store().doc(&id).await?.is_some() {
-        return Err(ApiError(ServiceError::new(
-            ErrorCode::AlreadyExists,
-            format!("document {id} exists"),
-        )));
-    }
-    let doc = create(&shared, &claims, &id, body.space.as_deref()).await?;
+    let doc = open::create_new(&shared, &claims, body.id, body.space.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
@@ -66,24 +57,7 @@ async fn list(
     space: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<DocRecord>>> {
     let Path(space) = space.map_err(|e| invalid(&e.body_text()))?;
-    shared
-        .spaces
-        .check(&claims, Action::Subscribe, &space)
-        .await?;
-    Ok(Json(shared.docs.store().docs_in(&space).await?))
-}
-
-/// The document, if the caller may read it; "no such document" otherwise, as if it did not
-/// exist.
-async fn readable(shared: &Shared, claims: &Claims, id: &str) -> ApiResult<DocRecord> {
-    let not_found = || ApiError(ServiceError::new(ErrorCode::NotFound, "no such document"));
-    let doc = shared.docs.store().doc(id).await?.ok_or_else(not_found)?;
-    shared
-        .spaces
-        .check(claims, Action::Subscribe, &doc.space)
-        .await
-        .map_err(|_| not_found())?;
-    Ok(doc)
+    Ok(Json(open::list(&shared, &claims, &space).await?))
 }
 
 /// `GET /api/docs/{id}`.
@@ -93,39 +67,17 @@ async fn doc(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DocRecord>> {
     let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
-    Ok(Json(readable(&shared, &claims, &id).await?))
+    Ok(Json(open::readable(&shared, &claims, &id).await?))
 }
 
-/// `DELETE /api/docs/{id}`: by its creator (while they may still write in its space), the
-/// space's owner, or an admin of the space's organisation. Its open connections are closed.
+/// `DELETE /api/docs/{id}` (`open::delete` says by whom).
 async fn delete_doc(
     State(shared): AppState,
     Authed(claims): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
-    let doc = readable(&shared, &claims, &id).await?;
-    let (space, role) = shared
-        .spaces
-        .view(&claims, &doc.space)
-        .await?
-        .ok_or_else(|| ApiError(ServiceError::new(ErrorCode::NotFound, "no such document")))?;
-    let creator = doc.created_by == claims.sub
-        && shared
-            .spaces
-            .check(&claims, Action::Publish, &doc.space)
-            .await
-            .is_ok();
-    let manager =
-        role == Some(Role::Owner) || (claims.has(Grant::Admin) && space.org == claims.org);
-    if !creator && !manager {
-        return Err(ApiError(ServiceError::new(
-            ErrorCode::Forbidden,
-            "only the document's creator or the space's managers may delete it",
-        )));
-    }
-    shared.docs.store().delete_doc(&id).await?;
-    shared.docs.deleted(&id).await;
+    open::delete(&shared, &claims, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,7 +100,7 @@ async fn content(
 ) -> ApiResult<Response> {
     let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
     let Query(params) = params.map_err(|e| invalid(&e.body_text()))?;
-    readable(&shared, &claims, &id).await?;
+    open::readable(&shared, &claims, &id).await?;
     let state = shared
         .docs
         .state(&id)

@@ -1,7 +1,7 @@
 //! Who may open which document: ids, creation in a space (or the organisation's home
 //! space), and read-only access. Shared by `/yjs/`, the session protocol and the HTTP API.
 
-use crate::access::{Action, Claims};
+use crate::access::{Action, Claims, Grant, Role};
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
@@ -102,4 +102,80 @@ pub async fn create(
             .ok_or_else(|| ServiceError::new(ErrorCode::Internal, "document vanished")),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A new document `id` (default: a random id) in `space` (default: the home space);
+/// `already_exists` if the id is taken.
+pub async fn create_new(
+    shared: &Shared,
+    claims: &Claims,
+    id: Option<String>,
+    space: Option<&str>,
+) -> Result<DocRecord, ServiceError> {
+    let id = id.unwrap_or_else(crate::spaces::random_id);
+    check_doc_id(&id)?;
+    if shared.docs.store().doc(&id).await?.is_some() {
+        return Err(ServiceError::new(
+            ErrorCode::AlreadyExists,
+            format!("document {id} exists"),
+        ));
+    }
+    create(shared, claims, &id, space).await
+}
+
+/// The documents of `space`, by id, for a caller who may read the space.
+pub async fn list(
+    shared: &Shared,
+    claims: &Claims,
+    space: &str,
+) -> Result<Vec<DocRecord>, ServiceError> {
+    shared
+        .spaces
+        .check(claims, Action::Subscribe, space)
+        .await?;
+    Ok(shared.docs.store().docs_in(space).await?)
+}
+
+/// Document `id` if the caller may read it; `not_found` otherwise, as if it did not exist.
+pub async fn readable(
+    shared: &Shared,
+    claims: &Claims,
+    id: &str,
+) -> Result<DocRecord, ServiceError> {
+    let not_found = || ServiceError::new(ErrorCode::NotFound, "no such document");
+    let doc = shared.docs.store().doc(id).await?.ok_or_else(not_found)?;
+    shared
+        .spaces
+        .check(claims, Action::Subscribe, &doc.space)
+        .await
+        .map_err(|_| not_found())?;
+    Ok(doc)
+}
+
+/// Delete document `id`: for its creator (while they may still write in its space), the
+/// space's owner, or an admin of the space's organisation. Its open connections are closed.
+pub async fn delete(shared: &Shared, claims: &Claims, id: &str) -> Result<(), ServiceError> {
+    let doc = readable(shared, claims, id).await?;
+    let (space, role) = shared
+        .spaces
+        .view(claims, &doc.space)
+        .await?
+        .ok_or_else(|| ServiceError::new(ErrorCode::NotFound, "no such document"))?;
+    let creator = doc.created_by == claims.sub
+        && shared
+            .spaces
+            .check(claims, Action::Publish, &doc.space)
+            .await
+            .is_ok();
+    let manager =
+        role == Some(Role::Owner) || (claims.has(Grant::Admin) && space.org == claims.org);
+    if !creator && !manager {
+        return Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            "only the document's creator or the space's managers may delete it",
+        ));
+    }
+    shared.docs.store().delete_doc(id).await?;
+    shared.docs.deleted(id).await;
+    Ok(())
 }

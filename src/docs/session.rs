@@ -1,7 +1,7 @@
 //! Documents over the session protocol (`doc.open`, `doc.sync`, `doc.close`): the same
 //! documents, rules and y-websocket messages as `/yjs/`, on the connection's one socket.
 
-use super::open::{open, viewers};
+use super::open::{create_new, delete, list, open, viewers};
 use super::{Joined, Wire};
 use crate::access::Claims;
 use crate::hub::Outbox;
@@ -68,6 +68,18 @@ impl OpenDocs {
                 if !self.close(shared, conn, &doc).await {
                     return Err(not_open(&doc));
                 }
+                Ok(json!({}))
+            }
+            DocRequest::Create { doc, space, .. } => {
+                let doc = create_new(shared, claims, doc, space.as_deref()).await?;
+                Ok(json!(doc))
+            }
+            DocRequest::List { space, .. } => {
+                let docs = list(shared, claims, &space).await?;
+                Ok(json!({"space": space, "docs": docs}))
+            }
+            DocRequest::Delete { doc, .. } => {
+                delete(shared, claims, &doc).await?;
                 Ok(json!({}))
             }
         }

@@ -30,17 +30,43 @@ pub enum DocRequest {
     },
     #[serde(rename = "doc.close")]
     Close { id: RequestId, doc: String },
+    /// Create a document without opening it; `already_exists` if the id is taken.
+    #[serde(rename = "doc.create")]
+    Create {
+        id: RequestId,
+        /// Default: a random id.
+        #[serde(default)]
+        doc: Option<String>,
+        #[serde(default)]
+        space: Option<String>,
+    },
+    /// The documents of a space.
+    #[serde(rename = "doc.list")]
+    List { id: RequestId, space: String },
+    /// Delete a document (its creator, the space's owner, or an admin of its organisation).
+    #[serde(rename = "doc.delete")]
+    Delete { id: RequestId, doc: String },
 }
 
 impl DocRequest {
     /// Every `type` of this service.
-    pub const TYPES: &[&str] = &["doc.open", "doc.sync", "doc.close"];
+    pub const TYPES: &[&str] = &[
+        "doc.open",
+        "doc.sync",
+        "doc.close",
+        "doc.create",
+        "doc.list",
+        "doc.delete",
+    ];
 
     pub fn id(&self) -> RequestId {
         match self {
             DocRequest::Open { id, .. }
             | DocRequest::Sync { id, .. }
-            | DocRequest::Close { id, .. } => *id,
+            | DocRequest::Close { id, .. }
+            | DocRequest::Create { id, .. }
+            | DocRequest::List { id, .. }
+            | DocRequest::Delete { id, .. } => *id,
         }
     }
 }
