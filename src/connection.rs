@@ -12,9 +12,12 @@ use crate::session::{Output, Session};
 use crate::spaces::ServiceError;
 use crate::users::{Control, Mailbox};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,6 +25,16 @@ use tracing::Instrument;
 
 /// How long the writer may take to flush and say goodbye once a connection is closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// `chat.*` requests a connection may have in flight (submitted, not yet answered). At the
+/// limit the reader stops reading until one is answered, so the client is held back by its
+/// socket. Deep enough for a pipelining client to fill the store's batches on its own.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A request in flight and, once it resolves, its result.
+type InFlight = FuturesUnordered<
+    Pin<Box<dyn Future<Output = (ClientFrame, Result<serde_json::Value, ServiceError>)> + Send>>,
+>;
 
 /// Why reading stopped.
 #[derive(Debug)]
@@ -161,10 +174,15 @@ impl Conn {
         let shutdown = self.shared.shutdown.clone();
         let closed = self.outbox.closed_token();
         let mailbox = self.mailbox.clone();
+        let mut in_flight = InFlight::new();
         loop {
             let deadline = self.session.poll_timeout().map(Instant::from_std);
+            let reading = in_flight.len() < MAX_IN_FLIGHT;
             tokio::select! {
-                frame = reader.next_frame() => match frame {
+                Some((request, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.answer(&request, result);
+                }
+                frame = reader.next_frame(), if reading => match frame {
                     Some(Ok(frame)) => {
                         metrics.frames_in.inc();
                         metrics.bytes_in.inc_by(frame.len() as u64);
@@ -200,7 +218,7 @@ impl Conn {
                 _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
                 _ = closed.cancelled() => return,
             }
-            if self.drain_outputs().await {
+            if self.drain_outputs(&mut in_flight).await {
                 return;
             }
         }
@@ -234,7 +252,9 @@ impl Conn {
     }
 
     /// Act on everything the session wants; returns true once the connection is closing.
-    async fn drain_outputs(&mut self) -> bool {
+    /// `chat.*` requests are submitted in the order they came and join `in_flight`; the
+    /// others run here, one at a time.
+    async fn drain_outputs(&mut self, in_flight: &mut InFlight) -> bool {
         if self.registered.is_none()
             && let Some(claims) = self.session.claims()
         {
@@ -273,19 +293,44 @@ impl Conn {
                         self.send(&ServerFrame::error(Some(id), e.code, e.message));
                     }
                 }
+                // Submitting one waits until it is decided or queued in the store, so a room's
+                // offsets follow the order of a connection's sends.
+                Output::Execute(ClientFrame::Chat(request)) => {
+                    let shared = &self.shared;
+                    let claims = self
+                        .session
+                        .claims()
+                        .expect("requests run on ready sessions");
+                    let now_ms = crate::server::unix_ms();
+                    let submit =
+                        shared
+                            .chat
+                            .submit(&shared.spaces, &shared.users, claims, &request, now_ms);
+                    let submitted = Box::pin(submit).await;
+                    let request = ClientFrame::Chat(request);
+                    match submitted {
+                        Ok(ack) => in_flight.push(Box::pin(async move { (request, ack.await) })),
+                        Err(e) => self.session.fail(&request, e.code, e.message),
+                    }
+                }
                 // Boxed: the request's future is large and lives only while it runs, so idle
                 // connections do not carry its state.
-                Output::Execute(request) => match Box::pin(self.execute(&request)).await {
-                    Ok(result) => self
-                        .session
-                        .reply(request.id().expect("executed frames are requests"), result),
-                    Err(e) => self.session.fail(&request, e.code, e.message),
-                },
+                Output::Execute(request) => {
+                    let result = Box::pin(self.execute(&request)).await;
+                    self.answer(&request, result);
+                }
                 Output::Close {
                     code,
                     message,
                     reconnect,
                 } => {
+                    // What is in flight commits anyway: acknowledge it before the goodbye.
+                    while let Some((request, result)) = in_flight.next().await {
+                        self.answer(&request, result);
+                    }
+                    while let Some(Output::Send(frame)) = self.session.poll_output() {
+                        self.send(&frame);
+                    }
                     self.outbox
                         .close(CloseReason::graceful(code, message, reconnect));
                     return true;
@@ -293,6 +338,16 @@ impl Conn {
             }
         }
         self.outbox.is_closed()
+    }
+
+    /// Hand an executed request's result to the session, which replies.
+    fn answer(&mut self, request: &ClientFrame, result: Result<serde_json::Value, ServiceError>) {
+        match result {
+            Ok(result) => self
+                .session
+                .reply(request.id().expect("executed frames are requests"), result),
+            Err(e) => self.session.fail(request, e.code, e.message),
+        }
     }
 
     fn send(&self, frame: &ServerFrame) {
@@ -336,18 +391,11 @@ impl Conn {
                 self.shared.publish(&claims, channel, data).await?
             }
             ClientFrame::Space(request) => self.shared.space_request(&claims, request).await?,
-            ClientFrame::Chat(request) => {
-                let shared = &self.shared;
-                let now_ms = crate::server::unix_ms();
-                shared
-                    .chat
-                    .execute(&shared.spaces, &shared.users, &claims, request, now_ms)
-                    .await?
-            }
             ClientFrame::Hello { .. } | ClientFrame::Ping { .. } | ClientFrame::Pong => {
                 unreachable!("the session answers these itself")
             }
             ClientFrame::Presence(_) => unreachable!("drain_outputs hands these to presence"),
+            ClientFrame::Chat(_) => unreachable!("drain_outputs submits these"),
         })
     }
 }

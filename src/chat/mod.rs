@@ -21,6 +21,8 @@ use dashmap::DashMap;
 use rules::{ChatLimits, Invalid};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 impl From<Invalid> for ServiceError {
@@ -28,6 +30,9 @@ impl From<Invalid> for ServiceError {
         ServiceError::new(ErrorCode::InvalidRequest, e.0)
     }
 }
+
+/// A submitted request's reply body, once its effect has committed.
+pub type Acknowledgement = Pin<Box<dyn Future<Output = Result<Value, ServiceError>> + Send>>;
 
 /// The channel of a room's stream.
 pub fn room_channel(space: &str, room: &str) -> String {
@@ -241,6 +246,102 @@ impl Chat {
             .map(drop)
     }
 
+    /// `execute` in two steps, for callers that keep several requests in flight: returns once
+    /// the request is decided or, for `chat.send`, queued in the store, so that sends submitted
+    /// one after another get offsets in that order; the `Acknowledgement` then resolves to the
+    /// reply body after the commit.
+    pub async fn submit(
+        &self,
+        spaces: &Spaces,
+        users: &Users,
+        claims: &Claims,
+        request: &ChatRequest,
+        now_ms: i64,
+    ) -> Result<Acknowledgement, ServiceError> {
+        if let ChatRequest::Send { .. } = request {
+            return self.send(spaces, claims, request, now_ms).await;
+        }
+        let reply = self.execute(spaces, users, claims, request, now_ms).await;
+        Ok(Box::pin(std::future::ready(reply)))
+    }
+
+    /// `chat.send` up to the store's queue.
+    async fn send(
+        &self,
+        spaces: &Spaces,
+        claims: &Claims,
+        request: &ChatRequest,
+        now_ms: i64,
+    ) -> Result<Acknowledgement, ServiceError> {
+        let ChatRequest::Send {
+            space,
+            room,
+            client_id,
+            body,
+            format,
+            thread,
+            ..
+        } = request
+        else {
+            unreachable!("`send` is called with `chat.send` requests")
+        };
+        rules::check_client_id(client_id)?;
+        rules::check_body(body, &self.limits)?;
+        let ctx = self
+            .check(spaces, claims, space, room, RoomAction::Send)
+            .await?;
+        let entry = ctx.entry.expect("authorize refuses missing rooms");
+        // Mentions count for members of the room only.
+        let mentions: Vec<String> = rules::mentions(body)
+            .into_iter()
+            .filter(|user| *user != claims.sub && entry.members.contains_key(user))
+            .collect();
+        let queued = self
+            .store
+            .queue_send(NewMessage {
+                space: space.clone(),
+                room: room.clone(),
+                client_id: client_id.clone(),
+                author: claims.sub.clone(),
+                body: body.clone(),
+                format: format.as_str().to_string(),
+                mentions,
+                thread: *thread,
+                at_ms: now_ms,
+            })
+            .await?;
+        let hub = self.hub.clone();
+        let (space, room) = (space.clone(), room.clone());
+        Ok(Box::pin(async move {
+            let sent = queued.await?;
+            if !sent.duplicate {
+                for user in &sent.message.mentions {
+                    let Some(member) = entry.members.get(user) else {
+                        continue;
+                    };
+                    let event = json!({
+                        "kind": "mention",
+                        "space": space,
+                        "room": room,
+                        "offset": sent.message.offset,
+                        "message": sent.message,
+                    });
+                    hub.publish_if_open(&user_channel(&member.org, user), &event);
+                }
+            }
+            // The store returned: the message is committed (and delivered to subscribers).
+            Ok(json!({
+                "space": space,
+                "room": room,
+                "client_id": sent.message.client_id,
+                "offset": sent.message.offset,
+                "epoch": sent.epoch,
+                "created_ms": sent.message.created_ms,
+                "duplicate": sent.duplicate,
+            }))
+        }))
+    }
+
     /// Execute a `chat.*` request; the result is the reply body.
     pub async fn execute(
         &self,
@@ -329,67 +430,7 @@ impl Chat {
                 members.sort_by(|a, b| a.user.cmp(&b.user));
                 json!({ "space": space, "room": room, "members": members })
             }
-            ChatRequest::Send {
-                space,
-                room,
-                client_id,
-                body,
-                format,
-                thread,
-                ..
-            } => {
-                rules::check_client_id(client_id)?;
-                rules::check_body(body, &self.limits)?;
-                let ctx = self
-                    .check(spaces, claims, space, room, RoomAction::Send)
-                    .await?;
-                let members = &ctx.entry().members;
-                // Mentions count for members of the room only.
-                let mentions: Vec<String> = rules::mentions(body)
-                    .into_iter()
-                    .filter(|user| *user != claims.sub && members.contains_key(user))
-                    .collect();
-                let sent = self
-                    .store
-                    .send(NewMessage {
-                        space: space.clone(),
-                        room: room.clone(),
-                        client_id: client_id.clone(),
-                        author: claims.sub.clone(),
-                        body: body.clone(),
-                        format: format.as_str().to_string(),
-                        mentions,
-                        thread: *thread,
-                        at_ms: now_ms,
-                    })
-                    .await?;
-                if !sent.duplicate {
-                    for user in &sent.message.mentions {
-                        let Some(member) = members.get(user) else {
-                            continue;
-                        };
-                        let event = json!({
-                            "kind": "mention",
-                            "space": space,
-                            "room": room,
-                            "offset": sent.message.offset,
-                            "message": sent.message,
-                        });
-                        self.hub
-                            .publish_if_open(&user_channel(&member.org, user), &event);
-                    }
-                }
-                // The store returned: the message is committed (and delivered to subscribers).
-                json!({
-                    "space": space,
-                    "room": room,
-                    "client_id": client_id,
-                    "offset": sent.message.offset,
-                    "epoch": sent.epoch,
-                    "created_ms": sent.message.created_ms,
-                    "duplicate": sent.duplicate,
-                })
-            }
+            ChatRequest::Send { .. } => self.send(spaces, claims, request, now_ms).await?.await?,
             ChatRequest::Edit {
                 space,
                 room,

@@ -49,6 +49,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A write that is queued in the store: it resolves to the write's result once its commit has
+/// returned (the durability of the method that queued it).
+pub type Queued<T> = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
+
 /// The persistence port. Every method returns only after its effect is durable.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -347,6 +351,10 @@ pub trait ChatStore: Send + Sync + 'static {
     /// Append a message, or find the one sent before with the same client id. `NotFound` if the
     /// room does not exist, or the thread's root does not exist, is deleted or is a reply.
     async fn send(&self, message: NewMessage) -> StoreResult<Sent>;
+    /// `send` in two steps: returns once the message is queued, then the `Queued` resolves as
+    /// `send` would. Messages queued one after another are appended in that order, so a
+    /// caller may keep many in flight and still know their order in the room.
+    async fn queue_send(&self, message: NewMessage) -> StoreResult<Queued<Sent>>;
     async fn message(&self, space: &str, room: &str, offset: u64) -> StoreResult<Option<Message>>;
     /// Replace a message's body, keeping the old one as a revision. `NotFound` if the message
     /// does not exist or is deleted.

@@ -6,7 +6,7 @@
 //! transaction, and pays for one fsync instead of one per job ("group commit"). Each job runs
 //! inside its own SAVEPOINT, so a job that fails undoes only its own statements.
 
-use super::{ChatEvent, ChatFeed, Member, Space, Store, StoreError, StoreResult};
+use super::{ChatEvent, ChatFeed, Member, Queued, Space, Store, StoreError, StoreResult};
 use crate::access::Role;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi, params};
 use std::path::Path;
@@ -116,10 +116,25 @@ impl SqliteStore {
 
     /// Like `call`, for a write that produces chat events: once the batch has committed, the
     /// events go to the feed (on the store thread, in commit order) before the result returns.
+    /// `f` may also leave statements for the end of the batch (`Deferred`).
     pub(super) async fn call_emitting<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> StoreResult<(T, Vec<ChatEvent>)> + Send + 'static,
+        F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)>
+            + Send
+            + 'static,
+    {
+        self.queue_emitting(f).await?.await
+    }
+
+    /// `call_emitting` in two steps: returns once the job is queued (jobs run in queue order),
+    /// then the `Queued` resolves to its result after the commit.
+    pub(super) async fn queue_emitting<T, F>(&self, f: F) -> StoreResult<Queued<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)>
+            + Send
+            + 'static,
     {
         let (reply, result) = oneshot::channel();
         let job = Box::new(Emitting {
@@ -127,18 +142,28 @@ impl SqliteStore {
             result: None,
             reply,
         });
-        self.queue(job, result).await
+        self.enqueue(job, result).await
     }
 
-    async fn queue<T>(
+    async fn queue<T: Send + 'static>(
         &self,
         job: Box<dyn Job>,
         result: oneshot::Receiver<StoreResult<T>>,
     ) -> StoreResult<T> {
+        self.enqueue(job, result).await?.await
+    }
+
+    async fn enqueue<T: Send + 'static>(
+        &self,
+        job: Box<dyn Job>,
+        result: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<Queued<T>> {
         let jobs = self.jobs.as_ref().expect("the queue is open until drop");
         // Awaits room in the queue rather than blocking the runtime.
         jobs.send(job).await.map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        Ok(Box::pin(
+            async move { result.await.map_err(|_| stopped())? },
+        ))
     }
 }
 
@@ -180,10 +205,18 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     txn.commit().map_err(backend)
 }
 
+/// Statements a job leaves for the end of its batch: they run after every job of the batch, in
+/// job order, outside the jobs' SAVEPOINTs, in the same transaction (just before COMMIT). Those
+/// of a job that failed are dropped with its other effects. This is for full-text indexing:
+/// FTS5 writes its pending index data to disk at every SAVEPOINT, so index writes made inside
+/// each job's savepoint would cost one index segment per job (and their merging), where a
+/// batch's deferred writes cost one segment per batch.
+pub(super) type Deferred = Vec<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>>;
+
 /// A queued operation, type-erased so one queue carries every result type.
 trait Job: Send {
     /// Runs the operation inside the batch transaction; returns whether it succeeded.
-    fn run(&mut self, txn: &Transaction<'_>) -> bool;
+    fn run(&mut self, txn: &Transaction<'_>, deferred: &mut Deferred) -> bool;
     /// The batch committed: hand what the job produced to `feed`. Called before `reply`.
     fn committed(&mut self, _feed: Option<&dyn ChatFeed>) {}
     /// Sends the result, or `batch_error` if the batch did not commit (the job may not have run).
@@ -202,7 +235,7 @@ where
     T: Send,
     F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send,
 {
-    fn run(&mut self, txn: &Transaction<'_>) -> bool {
+    fn run(&mut self, txn: &Transaction<'_>, _: &mut Deferred) -> bool {
         let f = self.f.take().expect("a job runs at most once");
         let result = f(txn);
         let ok = result.is_ok();
@@ -231,11 +264,11 @@ struct Emitting<T, F> {
 impl<T, F> Job for Emitting<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>) -> StoreResult<(T, Vec<ChatEvent>)> + Send,
+    F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)> + Send,
 {
-    fn run(&mut self, txn: &Transaction<'_>) -> bool {
+    fn run(&mut self, txn: &Transaction<'_>, deferred: &mut Deferred) -> bool {
         let f = self.f.take().expect("a job runs at most once");
-        let result = f(txn);
+        let result = f(txn, deferred);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -284,11 +317,14 @@ fn run(
 
 fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut deferred: Deferred = Vec::new();
     for job in batch.iter_mut() {
-        txn.execute_batch("SAVEPOINT job")?;
-        if job.run(&txn) {
-            txn.execute_batch("RELEASE job")?;
+        txn.prepare_cached("SAVEPOINT job")?.execute([])?;
+        let kept = deferred.len();
+        if job.run(&txn, &mut deferred) {
+            txn.prepare_cached("RELEASE job")?.execute([])?;
         } else {
+            deferred.truncate(kept);
             txn.execute_batch("ROLLBACK TO job; RELEASE job")?;
         }
         // Some errors (disk full, I/O) make SQLite roll back the whole transaction; later
@@ -300,6 +336,10 @@ fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Res
                 Some("transaction rolled back".into()),
             ));
         }
+    }
+    // A deferred statement that fails fails the batch: its job has succeeded already.
+    for statement in deferred {
+        statement(&txn)?;
     }
     // Dropping an uncommitted `Transaction` (the `?`s above) rolls it back.
     txn.commit()
@@ -475,7 +515,7 @@ fn stopped() -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::contract;
     use std::sync::Arc;
@@ -570,6 +610,49 @@ mod tests {
         assert_eq!(store.members("s").await.unwrap().len(), 201);
     }
 
+    /// Holds the store thread in a job until `release`, so that the jobs queued meanwhile make
+    /// up the next batch.
+    pub(in crate::store) struct Hold {
+        release: std::sync::mpsc::Sender<()>,
+        gate: tokio::task::JoinHandle<StoreResult<()>>,
+    }
+
+    impl Hold {
+        pub(in crate::store) async fn new(store: &Arc<SqliteStore>) -> Hold {
+            let (started_tx, started) = oneshot::channel();
+            let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            let gate = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    store
+                        .call(move |_| {
+                            started_tx.send(()).unwrap();
+                            release_rx.recv().unwrap();
+                            Ok(())
+                        })
+                        .await
+                }
+            });
+            started.await.unwrap();
+            Hold { release, gate }
+        }
+
+        /// Waits until `jobs` jobs are queued.
+        pub(in crate::store) async fn queued(&self, store: &SqliteStore, jobs: usize) {
+            let queue = store.jobs.as_ref().unwrap();
+            while queue.max_capacity() - queue.capacity() < jobs {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        /// Waits until `jobs` jobs are queued, then lets the thread go on.
+        pub(in crate::store) async fn release(self, store: &SqliteStore, jobs: usize) {
+            self.queued(store, jobs).await;
+            self.release.send(()).unwrap();
+            self.gate.await.unwrap().unwrap();
+        }
+    }
+
     /// A failing job in a batch rolls back only itself. The batch is made deterministic by
     /// holding the store thread until all calls are queued.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -581,21 +664,7 @@ mod tests {
             .await
             .unwrap();
 
-        let (started_tx, started) = oneshot::channel();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let gate = tokio::spawn({
-            let store = store.clone();
-            async move {
-                store
-                    .call(move |_| {
-                        started_tx.send(()).unwrap();
-                        release_rx.recv().unwrap();
-                        Ok(())
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let hold = Hold::new(&store).await;
 
         const IDS: [&str; 5] = ["a", "b", "dup", "c", "d"];
         let tasks: Vec<_> = IDS
@@ -620,12 +689,7 @@ mod tests {
                     .await
             }
         });
-        let jobs = store.jobs.as_ref().unwrap();
-        while jobs.max_capacity() - jobs.capacity() < IDS.len() + 1 {
-            tokio::task::yield_now().await;
-        }
-        release.send(()).unwrap();
-        gate.await.unwrap().unwrap();
+        hold.release(&store, IDS.len() + 1).await;
 
         for (id, task) in IDS.iter().zip(tasks) {
             match (*id, task.await.unwrap()) {
@@ -648,5 +712,51 @@ mod tests {
             Err(StoreError::Backend(_))
         ));
         assert_eq!(store.space("partial").await.unwrap(), None);
+    }
+
+    /// Deferred statements run after every job of the batch, in job order; those of a job that
+    /// failed do not run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deferred_statements_run_at_the_end_of_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        let hold = Hold::new(&store).await;
+        let job = |id: &'static str, fail: bool| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call_emitting(move |_, deferred| {
+                        deferred.push(Box::new(move |txn| {
+                            txn.execute("INSERT INTO spaces VALUES (?1, 'acme', 'n', 0)", [id])
+                                .map(drop)
+                        }));
+                        if fail {
+                            return Err(StoreError::Backend("fails after deferring".into()));
+                        }
+                        Ok(((), Vec::new()))
+                    })
+                    .await
+            })
+        };
+        let kept = job("kept", false);
+        let failed = job("failed", true);
+        // Runs in the same batch after `kept`, before the deferred statements.
+        let seen = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .call(|txn| {
+                        txn.query_row("SELECT COUNT(*) FROM spaces", [], |r| r.get::<_, i64>(0))
+                            .map_err(backend)
+                    })
+                    .await
+            }
+        });
+        hold.release(&store, 3).await;
+        kept.await.unwrap().unwrap();
+        assert!(matches!(failed.await.unwrap(), Err(StoreError::Backend(_))));
+        assert_eq!(seen.await.unwrap().unwrap(), 0);
+        assert!(store.space("kept").await.unwrap().is_some());
+        assert_eq!(store.space("failed").await.unwrap(), None);
     }
 }

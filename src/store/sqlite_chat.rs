@@ -2,11 +2,11 @@
 //! rest of [`SqliteStore`]. Writes that append to a room's stream run through `call_emitting`,
 //! so their events reach the feed in commit order once the batch's COMMIT has returned.
 
-use super::sqlite::{SqliteStore, backend, is_constraint};
+use super::sqlite::{Deferred, SqliteStore, backend, is_constraint};
 use super::{
-    ChatEvent, ChatFeed, ChatStore, EventKind, Hit, Message, NewMessage, Page, Reaction, ReadState,
-    Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery, Sent, StoreError, StoreResult,
-    ThreadSummary, UNREAD_CAP,
+    ChatEvent, ChatFeed, ChatStore, EventKind, Hit, Message, NewMessage, Page, Queued, Reaction,
+    ReadState, Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery, Sent, StoreError,
+    StoreResult, ThreadSummary, UNREAD_CAP,
 };
 use crate::access::Role;
 use rusqlite::{OptionalExtension, Row, Transaction, ffi, params};
@@ -133,18 +133,25 @@ fn fts_scope(rid: i64) -> String {
     format!("r{rid}")
 }
 
-fn fts_put(txn: &Transaction<'_>, rid: i64, seq: u64, body: &str) -> StoreResult<()> {
-    txn.prepare_cached("INSERT OR REPLACE INTO chat_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")
-        .and_then(|mut s| s.execute(params![fts_key(rid, seq), body, fts_scope(rid)]))
-        .map(drop)
-        .map_err(backend)
+// The index is written at the end of the batch (`Deferred`), in the transaction that holds the
+// message: a message is searchable once its send is acknowledged, and a search that runs in
+// the same batch as a send, edit or delete sees the index as it was before that batch.
+
+/// Index message `seq` of room `rid` (a new one: an edit removes the old entry first).
+fn fts_add(deferred: &mut Deferred, rid: i64, seq: u64, body: String) {
+    deferred.push(Box::new(move |txn| {
+        txn.prepare_cached("INSERT INTO chat_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")?
+            .execute(params![fts_key(rid, seq), body, fts_scope(rid)])
+            .map(drop)
+    }));
 }
 
-fn fts_remove(txn: &Transaction<'_>, rid: i64, seq: u64) -> StoreResult<()> {
-    txn.prepare_cached("DELETE FROM chat_fts WHERE rowid = ?1")
-        .and_then(|mut s| s.execute([fts_key(rid, seq)]))
-        .map(drop)
-        .map_err(backend)
+fn fts_remove(deferred: &mut Deferred, rid: i64, seq: u64) {
+    deferred.push(Box::new(move |txn| {
+        txn.prepare_cached("DELETE FROM chat_fts WHERE rowid = ?1")?
+            .execute([fts_key(rid, seq)])
+            .map(drop)
+    }));
 }
 
 /// An FTS5 query string matching every one of `terms` as a word, however it is spelt: each term
@@ -602,7 +609,11 @@ impl ChatStore for SqliteStore {
     }
 
     async fn send(&self, new: NewMessage) -> StoreResult<Sent> {
-        self.call_emitting(move |txn| {
+        self.queue_send(new).await?.await
+    }
+
+    async fn queue_send(&self, new: NewMessage) -> StoreResult<Queued<Sent>> {
+        self.queue_emitting(move |txn, deferred| {
             let room = need_room(txn, &new.space, &new.room)?;
             let earlier = txn
                 .prepare_cached(&format!(
@@ -668,7 +679,7 @@ impl ChatStore for SqliteStore {
                 })
                 .map_err(backend)?;
             }
-            fts_put(txn, room.rid, offset, &new.body)?;
+            fts_add(deferred, room.rid, offset, new.body.clone());
             for user in &new.mentions {
                 txn.prepare_cached(
                     "INSERT OR IGNORE INTO chat_mentions (rid, seq, user) VALUES (?1, ?2, ?3)",
@@ -726,7 +737,7 @@ impl ChatStore for SqliteStore {
         at_ms: i64,
     ) -> StoreResult<ChatEvent> {
         let (space, room) = (space.to_owned(), room.to_owned());
-        self.call_emitting(move |txn| {
+        self.call_emitting(move |txn, deferred| {
             let room = need_room(txn, &space, &room)?;
             let mut message = find_message(txn, room.rid, offset)?
                 .filter(|m| m.deleted_ms.is_none())
@@ -754,7 +765,8 @@ impl ChatStore for SqliteStore {
             )
             .and_then(|mut s| s.execute(params![room.rid, offset as i64, body, format, at_ms]))
             .map_err(backend)?;
-            fts_put(txn, room.rid, offset, &body)?;
+            fts_remove(deferred, room.rid, offset);
+            fts_add(deferred, room.rid, offset, body.clone());
             let at = append(txn, &room, EventKind::Edit, Some(offset))?;
             message.body = Some(body);
             message.format = format;
@@ -773,7 +785,7 @@ impl ChatStore for SqliteStore {
         at_ms: i64,
     ) -> StoreResult<Option<ChatEvent>> {
         let (space, room) = (space.to_owned(), room.to_owned());
-        self.call_emitting(move |txn| {
+        self.call_emitting(move |txn, deferred| {
             let room = need_room(txn, &space, &room)?;
             let mut message = find_message(txn, room.rid, offset)?
                 .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
@@ -789,7 +801,7 @@ impl ChatStore for SqliteStore {
             if let Some(root) = message.thread {
                 summarize_thread(txn, room.rid, root)?;
             }
-            fts_remove(txn, room.rid, offset)?;
+            fts_remove(deferred, room.rid, offset);
             for table in ["chat_revisions", "chat_mentions", "chat_reactions"] {
                 txn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1 AND seq = ?2"))
                     .and_then(|mut s| s.execute(params![room.rid, offset as i64]))
@@ -818,7 +830,7 @@ impl ChatStore for SqliteStore {
     ) -> StoreResult<Option<ChatEvent>> {
         let (space, room) = (space.to_owned(), room.to_owned());
         let (emoji, user) = (emoji.to_owned(), user.to_owned());
-        self.call_emitting(move |txn| {
+        self.call_emitting(move |txn, _| {
             let room = need_room(txn, &space, &room)?;
             find_message(txn, room.rid, offset)?
                 .filter(|m| m.deleted_ms.is_none())
@@ -871,12 +883,15 @@ impl ChatStore for SqliteStore {
                 query.author.is_some() || query.from_ms.is_some() || query.until_ms.is_some();
             // Without filters, FTS5 ranks and limits by itself (its `ORDER BY rank LIMIT`
             // path) and only the page is joined; with them, every match is joined first.
+            // A message deleted earlier in this search's batch is still in the index until
+            // the batch's end (`fts_remove`): skip it.
             let sql = if filtered {
                 format!(
                     "SELECT f.rank, m.rid, {MESSAGE_COLUMNS}
                      FROM chat_fts f JOIN chat_messages m
                          ON m.rid = (f.rowid >> 40) AND m.seq = (f.rowid & 1099511627775)
                      WHERE chat_fts MATCH ?1 AND f.rowid BETWEEN ?7 AND ?8
+                         AND m.deleted_ms IS NULL
                          AND (?2 IS NULL OR m.author = ?2)
                          AND (?3 IS NULL OR m.created_ms >= ?3)
                          AND (?4 IS NULL OR m.created_ms < ?4)
@@ -891,6 +906,7 @@ impl ChatStore for SqliteStore {
                            ORDER BY rank LIMIT ?5 OFFSET ?6) f
                      JOIN chat_messages m
                          ON m.rid = (f.rowid >> 40) AND m.seq = (f.rowid & 1099511627775)
+                     WHERE m.deleted_ms IS NULL
                      ORDER BY f.rank, m.seq DESC"
                 )
             };
@@ -1250,5 +1266,81 @@ mod tests {
             )
         })
         .await;
+    }
+
+    /// The index is written at the end of each batch, in job order: within one batch, a
+    /// message sent and deleted is never found, one sent and edited is found by its new body
+    /// only, and a search sees the index as it was before the batch, minus deleted messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn index_follows_each_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir));
+        crate::store::Store::create_space(&*store, contract::space("s", "acme"), "alice")
+            .await
+            .unwrap();
+        let owner = contract::room_member("s", "r", "alice", Role::Owner);
+        store
+            .create_room(contract::room("s", "r", false), owner)
+            .await
+            .unwrap();
+        let search = |word: &str| {
+            let store = store.clone();
+            let query = SearchQuery {
+                terms: vec![word.to_string()],
+                author: None,
+                from_ms: None,
+                until_ms: None,
+                limit: 10,
+                skip: 0,
+            };
+            async move {
+                let hits = store.search("s", vec!["r".into()], query).await.unwrap();
+                hits.into_iter()
+                    .map(|h| h.message.offset)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let text = |id: &str, body: &str| contract::text("s", "r", "alice", id, body);
+        store.send(text("0", "old news")).await.unwrap();
+        assert_eq!(search("old").await, [1]);
+
+        // One batch, queued in this order.
+        let hold = super::super::sqlite::tests::Hold::new(&store).await;
+        let gone = store.queue_send(text("1", "gone soon")).await.unwrap();
+        let delete = |offset| {
+            let store = store.clone();
+            tokio::spawn(async move { store.delete("s", "r", offset, 10).await })
+        };
+        let deleted = delete(2);
+        hold.queued(&store, 2).await;
+        let draft = store.queue_send(text("2", "first draft")).await.unwrap();
+        let edited = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .edit("s", "r", 4, "final text".into(), "plain".into(), 20)
+                    .await
+            }
+        });
+        hold.queued(&store, 4).await;
+        let old_deleted = delete(1);
+        hold.queued(&store, 5).await;
+        let seen = tokio::spawn(search("old"));
+        hold.release(&store, 6).await;
+
+        assert_eq!(gone.await.unwrap().message.offset, 2);
+        assert_eq!(deleted.await.unwrap().unwrap().unwrap().offset, 3);
+        assert_eq!(draft.await.unwrap().message.offset, 4);
+        assert_eq!(edited.await.unwrap().unwrap().offset, 5);
+        assert_eq!(old_deleted.await.unwrap().unwrap().unwrap().offset, 6);
+        assert_eq!(seen.await.unwrap(), Vec::<u64>::new());
+        for (word, found) in [
+            ("gone", vec![]),
+            ("draft", vec![]),
+            ("final", vec![4]),
+            ("old", vec![]),
+        ] {
+            assert_eq!(search(word).await, found, "{word}");
+        }
     }
 }

@@ -1011,6 +1011,96 @@ async fn removal_from_a_private_room_ends_its_subscription(tr: Tr) {
     assert_eq!(code(bob.request(history).await.unwrap()), "not_found");
 }
 
+/// A client may pipeline sends: more than the server keeps in flight per connection (it then
+/// stops reading until some are answered), with a retry and a `ping` among them. Every request
+/// is answered under its id, the offsets follow the order of the sends, and a message is found
+/// by search as soon as its acknowledgement arrived.
+async fn pipelined_sends_keep_their_order(tr: Tr) {
+    const SENDS: u64 = 200;
+    let s = TestServer::start().await;
+    setup(&s).await;
+    let mut alice = s.client(tr, "alice", "acme").await;
+    let mut ids = Vec::new();
+    for n in 1..=SENDS {
+        let mut frame = send("general", &format!("p{n}"), &format!("pipelined word{n}"));
+        frame["id"] = json!(1000 + n);
+        alice.send(&frame).await.unwrap();
+        ids.push(1000 + n);
+        if n == SENDS / 2 {
+            alice.send(&json!({"type": "ping", "id": 7})).await.unwrap();
+            let mut retry = send("general", "p1", "changed");
+            retry["id"] = json!(8);
+            alice.send(&retry).await.unwrap();
+        }
+    }
+    let mut acks = std::collections::BTreeMap::new();
+    let (mut pong, mut retried) = (false, None);
+    while acks.len() < SENDS as usize || !pong || retried.is_none() {
+        match alice.expect().await.unwrap() {
+            ServerFrame::Reply { id: 7, .. } => pong = true,
+            ServerFrame::Reply { id: 8, result } => retried = Some(result),
+            ServerFrame::Reply { id, result } => {
+                assert!(acks.insert(id, result).is_none(), "two replies to {id}");
+            }
+            ServerFrame::Error { id, code, message } => panic!("{id:?}: {code}: {message}"),
+            _ => {}
+        }
+    }
+    assert_eq!(acks.keys().copied().collect::<Vec<_>>(), ids);
+    for (n, ack) in (1..=SENDS).zip(acks.values()) {
+        assert_eq!(
+            (&ack["offset"], &ack["client_id"], &ack["duplicate"]),
+            (&json!(n), &json!(format!("p{n}")), &json!(false))
+        );
+    }
+    let retried = retried.unwrap();
+    assert_eq!(
+        (&retried["offset"], &retried["duplicate"]),
+        (&json!(1), &json!(true))
+    );
+    let found = alice
+        .call(json!({"type": "chat.search", "space": "eng", "query": format!("word{SENDS}")}))
+        .await
+        .unwrap();
+    assert_eq!(found["hits"][0]["message"]["offset"], SENDS);
+}
+
+/// A graceful shutdown answers the pipelined sends it took before saying goodbye: exactly the
+/// acknowledged messages are stored.
+async fn shutdown_acknowledges_sends_in_flight(tr: Tr) {
+    let s = TestServer::start().await;
+    setup(&s).await;
+    let mut alice = s.client(tr, "alice", "acme").await;
+    for n in 1..=50u64 {
+        let mut frame = send("general", &format!("f{n}"), "in flight at shutdown");
+        frame["id"] = json!(n);
+        alice.send(&frame).await.unwrap();
+    }
+    let stopped = tokio::spawn(s.stop());
+    let mut acked = Vec::new();
+    loop {
+        match alice.expect().await.unwrap() {
+            ServerFrame::Reply { id, result } => {
+                assert_eq!(result["client_id"], format!("f{id}"));
+                acked.push(result["offset"].as_u64().unwrap());
+            }
+            ServerFrame::Disconnect { code, .. } => {
+                assert_eq!(code.as_str(), "shutting_down");
+                break;
+            }
+            ServerFrame::Error { id, code, message } => panic!("{id:?}: {code}: {message}"),
+            _ => {}
+        }
+    }
+    let s = TestServer::in_dir(stopped.await.unwrap(), |_| {}).await;
+    let mut alice = s.client(tr, "alice", "acme").await;
+    let sync =
+        json!({"type": "chat.sync", "space": "eng", "room": "general", "after": 0, "limit": 0});
+    let head = alice.call(sync).await.unwrap()["head"].as_u64().unwrap();
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=head).collect::<Vec<_>>());
+}
+
 both_transports!(
     rooms_and_access,
     send_is_acknowledged_and_delivered_in_order,
@@ -1022,6 +1112,8 @@ both_transports!(
     direct_messages,
     search_shows_only_what_the_caller_may_read,
     removal_from_a_private_room_ends_its_subscription,
+    pipelined_sends_keep_their_order,
+    shutdown_acknowledges_sends_in_flight,
 );
 
 /// The body limit is a config key.
