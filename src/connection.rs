@@ -4,6 +4,7 @@
 
 use crate::access::Action;
 use crate::channel::ChannelRef;
+use crate::docs::session::OpenDocs;
 use crate::hub::{Batch, CloseReason, Outbox};
 use crate::metrics::{Transport, TransportMetrics};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, encode_server};
@@ -138,11 +139,13 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             outbox: outbox.clone(),
             mailbox,
             registered: None,
+            docs: OpenDocs::default(),
         };
         conn.read_loop(reader, &metrics).await;
         for channel in conn.session.subscriptions() {
             shared.hub.unsubscribe(channel, id);
         }
+        std::mem::take(&mut conn.docs).close_all().await;
         if let Some(user) = &conn.registered {
             shared.users.unregister(user, id);
             Box::pin(shared.presence.disconnect(id)).await;
@@ -167,6 +170,8 @@ struct Conn {
     /// Where other tasks reach this connection, once registered under its user.
     mailbox: Arc<Mailbox>,
     registered: Option<String>,
+    /// The documents this session has open (`doc.*`).
+    docs: OpenDocs,
 }
 
 impl Conn {
@@ -365,6 +370,13 @@ impl Conn {
             .expect("requests run only on ready sessions")
             .clone();
         Ok(match request {
+            ClientFrame::Doc(request) => {
+                let conn = self.session.id();
+                let request = request.clone();
+                (self.docs)
+                    .execute(&self.shared, &claims, conn, &self.outbox, request)
+                    .await?
+            }
             ClientFrame::Subscribe { channel, from, .. } if channel.starts_with("room:") => {
                 let shared = &self.shared;
                 shared

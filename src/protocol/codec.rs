@@ -1,5 +1,6 @@
 use super::{
-    ChatRequest, ClientFrame, ErrorCode, PresenceRequest, RequestId, ServerFrame, SpaceRequest,
+    ChatRequest, ClientFrame, DocRequest, ErrorCode, PresenceRequest, RequestId, ServerFrame,
+    SpaceRequest,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,7 @@ const SERVICES: &[(&[&str], Explain)] = &[
     (SpaceRequest::TYPES, explain::<SpaceRequest>),
     (PresenceRequest::TYPES, explain::<PresenceRequest>),
     (ChatRequest::TYPES, explain::<ChatRequest>),
+    (DocRequest::TYPES, explain::<DocRequest>),
 ];
 
 /// Whether `kind` is a frame type this server knows.

@@ -81,6 +81,8 @@ pub enum ClientFrame {
     Presence(PresenceRequest),
     #[serde(untagged)]
     Chat(ChatRequest),
+    #[serde(untagged)]
+    Doc(DocRequest),
 }
 
 impl ClientFrame {
@@ -96,6 +98,7 @@ impl ClientFrame {
             ClientFrame::Space(request) => Some(request.id()),
             ClientFrame::Presence(request) => Some(request.id()),
             ClientFrame::Chat(request) => Some(request.id()),
+            ClientFrame::Doc(request) => Some(request.id()),
         }
     }
 }

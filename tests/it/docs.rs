@@ -413,3 +413,120 @@ async fn presence_of_alice(
         }
     }
 }
+
+/// A document opened over the session protocol (JSON), with its own copy.
+struct SessionDoc {
+    client: chorus::client::Client,
+    name: String,
+    doc: Doc,
+    next_id: u64,
+}
+
+impl SessionDoc {
+    async fn open(s: &TestServer, user: &str, name: &str) -> Result<SessionDoc, String> {
+        let mut client = s.client(Tr::Ws, user, "acme").await;
+        let opened = client
+            .request(json!({"type": "doc.open", "doc": name}))
+            .await
+            .unwrap();
+        if let Err(e) = opened {
+            return Err(e.code);
+        }
+        let mut d = SessionDoc {
+            client,
+            name: name.into(),
+            doc: Doc::new(),
+            next_id: 1000,
+        };
+        let sv = d.doc.transact().state_vector();
+        d.sync(Message::Sync(SyncMessage::SyncStep1(sv))).await;
+        Ok(d)
+    }
+
+    async fn sync(&mut self, message: Message) {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(message.encode_v1());
+        self.next_id += 1;
+        let frame = json!({"type": "doc.sync", "id": self.next_id, "doc": self.name, "data": data});
+        self.client.send(&frame).await.unwrap();
+    }
+
+    async fn append(&mut self, s: &str) {
+        let text = self.doc.get_or_insert_text("t");
+        let before = self.doc.transact().state_vector();
+        {
+            let mut txn = self.doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, s);
+        }
+        let update = self.doc.transact().encode_diff_v1(&before);
+        self.sync(Message::Sync(SyncMessage::Update(update))).await;
+    }
+
+    async fn until_text(&mut self, want: &str) {
+        let text = self.doc.get_or_insert_text("t");
+        while text.get_string(&self.doc.transact()) != want {
+            let frame = tokio::time::timeout(PATIENCE, self.client.expect())
+                .await
+                .expect("the document never got there")
+                .unwrap();
+            match frame {
+                ServerFrame::Doc { doc, data } => {
+                    assert_eq!(doc, self.name);
+                    match Message::decode_v1(&data.0).unwrap() {
+                        Message::Sync(SyncMessage::SyncStep1(sv)) => {
+                            let diff = self.doc.transact().encode_diff_v1(&sv);
+                            self.sync(Message::Sync(SyncMessage::SyncStep2(diff))).await;
+                        }
+                        Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
+                            let update = Update::decode_v1(&u).unwrap();
+                            self.doc.transact_mut().apply_update(update).unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+                ServerFrame::Error { code, message, .. } => panic!("{code}: {message}"),
+                ServerFrame::DocClosed { code, message, .. } => panic!("closed: {code}: {message}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sessions_and_y_websocket_clients_edit_one_document() {
+    let s = TestServer::start().await;
+    let mut a = YClient::open(&s, "shared", &s.token("alice", "acme")).await;
+    a.append("a").await;
+    a.until_text("a").await;
+    let mut c = SessionDoc::open(&s, "carol", "shared").await.unwrap();
+    c.until_text("a").await;
+    c.append("c").await;
+    a.until_text("ac").await;
+    a.append("!").await;
+    c.until_text("ac!").await;
+
+    // The same access rules: another organisation's user is refused.
+    let mut bob = s.client(Tr::Ws, "bob", "globex").await;
+    let refused = bob
+        .request(json!({"type": "doc.open", "doc": "shared"}))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code, "forbidden");
+    // Syncing a document that is not open is an error, and the session goes on.
+    let not_open = bob
+        .request(json!({"type": "doc.sync", "doc": "shared", "data": "AAEA"}))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(not_open.code, "not_subscribed");
+    // A closed document sends nothing more.
+    c.client
+        .call(json!({"type": "doc.close", "doc": "shared"}))
+        .await
+        .unwrap();
+    a.append("?").await;
+    let mut fresh = SessionDoc::open(&s, "dave", "shared").await.unwrap();
+    fresh.until_text("ac!?").await;
+}
