@@ -281,6 +281,12 @@ mod tests {
             json!({"type": "chat.unreact", "id": 1, "space": "s", "room": "r", "offset": 1, "emoji": "+1"}),
             json!({"type": "chat.open_direct", "id": 1, "space": "s", "users": ["u"]}),
             json!({"type": "chat.search", "id": 1, "space": "s", "query": "q"}),
+            json!({"type": "doc.open", "id": 1, "doc": "d"}),
+            json!({"type": "doc.sync", "id": 1, "doc": "d", "data": "AAA="}),
+            json!({"type": "doc.close", "id": 1, "doc": "d"}),
+            json!({"type": "doc.create", "id": 1}),
+            json!({"type": "doc.list", "id": 1, "space": "s"}),
+            json!({"type": "doc.delete", "id": 1, "doc": "d"}),
         ];
         let known = CORE_TYPES.len() + SERVICES.iter().map(|(t, _)| t.len()).sum::<usize>();
         assert_eq!(frames.len(), known);
