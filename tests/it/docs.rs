@@ -521,6 +521,34 @@ async fn sessions_and_y_websocket_clients_edit_one_document() {
         .unwrap()
         .unwrap_err();
     assert_eq!(not_open.code, "not_subscribed");
+    // Create, list and delete as over HTTP.
+    let carol = &mut c.client;
+    let list = carol
+        .call(json!({"type": "doc.list", "space": "_acme"}))
+        .await
+        .unwrap();
+    assert_eq!(list["docs"][0]["id"], "shared");
+    let taken = carol
+        .request(json!({"type": "doc.create", "doc": "shared"}))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(taken.code, "already_exists");
+    let created = carol
+        .call(json!({"type": "doc.create", "doc": "scratch"}))
+        .await
+        .unwrap();
+    assert_eq!(created["created_by"], "carol");
+    let not_hers = carol
+        .request(json!({"type": "doc.delete", "doc": "shared"}))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(not_hers.code, "forbidden");
+    carol
+        .call(json!({"type": "doc.delete", "doc": "scratch"}))
+        .await
+        .unwrap();
     // A closed document sends nothing more.
     c.client
         .call(json!({"type": "doc.close", "doc": "shared"}))
