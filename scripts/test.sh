@@ -28,4 +28,5 @@ done
 # Many connections per test: make room for their file descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
+scripts/yjs-deps.sh
 cargo test --workspace

@@ -8,6 +8,7 @@ use crate::docs;
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
+use crate::store::{EventKind, Reaction, ThreadSummary};
 use crate::transport;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -17,9 +18,13 @@ use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -34,13 +39,82 @@ pub fn router(shared: Arc<Shared>) -> Router {
             put(add_member).delete(remove_member),
         )
         .route("/api/publish", post(publish))
-        .merge(crate::chat::http::routes())
-        .merge(docs::http::routes())
+        .merge(documented())
         .fallback(|| async { ApiError(ServiceError::new(ErrorCode::NotFound, "no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.config.max_frame_bytes,
         ))
         .with_state(shared)
+}
+
+/// The documented API routes (chat, documents) and `GET /api/openapi.json`, generated from
+/// the same handlers: a route is registered and documented by one `routes!` line, so the two
+/// cannot drift apart.
+fn documented() -> Router<Arc<Shared>> {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::chat::http::api())
+        .merge(docs::http::api())
+        .split_for_parts();
+    let spec: Arc<str> = api
+        .to_json()
+        .expect("the OpenAPI document serializes")
+        .into();
+    router.route(
+        "/api/openapi.json",
+        get(move || {
+            let spec = spec.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    spec.to_string(),
+                )
+            }
+        }),
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Chorus API",
+        description = "The HTTP API of Chorus. Every route needs `Authorization: Bearer <token>`; \
+                       errors are `{code, message}` with a 4xx status for the caller's mistakes. \
+                       Semantics are those of the session protocol's requests (docs/protocol.md)."
+    ),
+    modifiers(&Bearer),
+    security(("bearer" = [])),
+    components(schemas(ErrorBody, EventKind, ThreadSummary, Reaction)),
+    tags(
+        (name = "chat", description = "Rooms, messages, history, read state and search"),
+        (name = "docs", description = "Co-edited Yjs documents: create, list, export, delete")
+    )
+)]
+struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every error response.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// A stable error code (docs/protocol.md section 8).
+    #[schema(example = "not_found")]
+    code: String,
+    message: String,
 }
 
 /// Serve HTTP until shutdown. Every accepted socket gets `TCP_NODELAY`: without it, delayed ACKs

@@ -4,30 +4,26 @@
 //! is registered and documented by the same `routes!` line, so the two cannot drift apart.
 
 use crate::access::Claims;
-use crate::http::{ApiError, ApiResult, Authed};
+use crate::http::{ApiError, ApiResult, Authed, ErrorBody};
 use crate::protocol::chat::BodyFormat;
 use crate::protocol::{ChatRequest, ErrorCode};
 use crate::server::{Shared, unix_ms};
 use crate::spaces::ServiceError;
-use crate::store::{
-    EventKind, Hit, Message, Reaction, ReadState, Receipt, Revision, Room, RoomMember,
-    ThreadSummary,
-};
+use crate::store::{EventKind, Hit, Message, ReadState, Receipt, Revision, Room, RoomMember};
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::{Json, Router};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// The chat routes and `GET /api/openapi.json`, for `http::router` to merge.
-pub fn routes() -> Router<Arc<Shared>> {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The chat routes, documented; `http::router` serves them with the OpenAPI document.
+pub fn api() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
         .routes(routes!(list_rooms, create_room))
         .routes(routes!(update_room))
         .routes(routes!(room_members))
@@ -42,64 +38,6 @@ pub fn routes() -> Router<Arc<Shared>> {
         .routes(routes!(unread))
         .routes(routes!(search))
         .routes(routes!(open_direct))
-        .split_for_parts();
-    let spec: Arc<str> = api
-        .to_json()
-        .expect("the OpenAPI document serializes")
-        .into();
-    router.route(
-        "/api/openapi.json",
-        axum::routing::get(move || {
-            let spec = spec.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    spec.to_string(),
-                )
-            }
-        }),
-    )
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Chorus API",
-        description = "The HTTP API of Chorus. Every route needs `Authorization: Bearer <token>`; \
-                       errors are `{code, message}` with a 4xx status for the caller's mistakes. \
-                       Semantics are those of the session protocol's requests (docs/protocol.md)."
-    ),
-    modifiers(&Bearer),
-    security(("bearer" = [])),
-    components(schemas(ErrorBody, EventKind, ThreadSummary, Reaction)),
-    tags((name = "chat", description = "Rooms, messages, history, read state and search"))
-)]
-struct ApiDoc;
-
-struct Bearer;
-
-impl Modify for Bearer {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// Every error response.
-#[derive(Serialize, ToSchema)]
-struct ErrorBody {
-    /// A stable error code (docs/protocol.md section 8).
-    #[schema(example = "not_found")]
-    code: String,
-    message: String,
 }
 
 fn bad_request(message: String) -> ApiError {

@@ -3,34 +3,37 @@
 //! percent-encoded in a path (`notes%2Ftoday`).
 
 use super::open;
-use crate::http::{ApiError, ApiResult, Authed};
+use crate::http::{ApiError, ApiResult, Authed, ErrorBody};
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
 use crate::store::DocRecord;
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, GetString, Map, ReadTxn, Transact, Update};
 
 type AppState = State<Arc<Shared>>;
 
-pub fn routes() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/api/docs", axum::routing::post(create_doc))
-        .route("/api/docs/{id}", get(doc).delete(delete_doc))
-        .route("/api/docs/{id}/content", get(content))
-        .route("/api/spaces/{space}/docs", get(list))
+/// The document routes, documented; `http::router` serves them with the OpenAPI document.
+pub fn api() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_doc))
+        .routes(routes!(doc, delete_doc))
+        .routes(routes!(content))
+        .routes(routes!(list))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     /// Default: a random id.
@@ -39,7 +42,10 @@ struct CreateBody {
     space: Option<String>,
 }
 
-/// `POST /api/docs`: 201 with the document, 409 if the id is taken.
+/// Create a document (without opening it).
+#[utoipa::path(post, path = "/api/docs", tag = "docs", request_body = CreateBody,
+    responses((status = 201, body = DocRecord), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_doc(
     State(shared): AppState,
     Authed(claims): Authed,
@@ -50,7 +56,10 @@ async fn create_doc(
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
-/// `GET /api/spaces/{space}/docs`: the space's documents, by id.
+/// The space's documents, by id.
+#[utoipa::path(get, path = "/api/spaces/{space}/docs", tag = "docs", params(("space" = String, Path)),
+    responses((status = 200, body = Vec<DocRecord>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn list(
     State(shared): AppState,
     Authed(claims): Authed,
@@ -60,7 +69,9 @@ async fn list(
     Ok(Json(open::list(&shared, &claims, &space).await?))
 }
 
-/// `GET /api/docs/{id}`.
+/// A document (its id percent-encoded: `notes%2Ftoday`).
+#[utoipa::path(get, path = "/api/docs/{id}", tag = "docs", params(("id" = String, Path)),
+    responses((status = 200, body = DocRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn doc(
     State(shared): AppState,
     Authed(claims): Authed,
@@ -70,7 +81,10 @@ async fn doc(
     Ok(Json(open::readable(&shared, &claims, &id).await?))
 }
 
-/// `DELETE /api/docs/{id}` (`open::delete` says by whom).
+/// Delete a document: its creator, the space's owner, or an admin of its organisation. Its
+/// open connections are closed.
+#[utoipa::path(delete, path = "/api/docs/{id}", tag = "docs", params(("id" = String, Path)),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_doc(
     State(shared): AppState,
     Authed(claims): Authed,
@@ -81,7 +95,7 @@ async fn delete_doc(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ContentParams {
     /// `json` (default) or `text`.
@@ -90,8 +104,11 @@ struct ContentParams {
     root: Option<String>,
 }
 
-/// `GET /api/docs/{id}/content?format=json|text&root=NAME`: every root as JSON (an object by
-/// root name), or one text root as plain text.
+/// A document's content: every root as JSON (an object by root name), or one text root as
+/// plain text.
+#[utoipa::path(get, path = "/api/docs/{id}/content", tag = "docs", params(("id" = String, Path), ContentParams),
+    responses((status = 200, description = "JSON object of the roots, or text/plain"), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn content(
     State(shared): AppState,
     Authed(claims): Authed,

@@ -69,6 +69,13 @@ async fn open_or_create(
     if !shared.config.docs_auto_create {
         return Err(ServiceError::new(ErrorCode::NotFound, "no such document"));
     }
+    if !claims.has(Grant::Publish) {
+        // A reader who follows a link before its author opened it: not final, retry later.
+        return Err(ServiceError::new(
+            ErrorCode::RateLimited,
+            "the document does not exist yet; retry once someone who may write has opened it",
+        ));
+    }
     create(shared, claims, id, space).await
 }
 

@@ -60,7 +60,7 @@ pub async fn run(
                 .feed(Message::Binary(permission_denied(&e.message)))
                 .await;
             let _ = sink.send(close(e.code, &e.message)).await;
-            let _ = sink.close().await;
+            drain(&mut stream).await;
             return;
         }
     };
@@ -136,8 +136,21 @@ pub async fn run(
     if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
         abort.abort();
     }
+    drain(&mut stream).await;
     tracing::debug!(parent: &span, "document connection closed");
 }
+
+/// Read what the client still sends until its close frame or the end of the socket (for at
+/// most `CLOSE_GRACE`): closing a socket with unread data resets it, and the client would lose
+/// the last frames, the refusal and the close code among them.
+async fn drain(stream: &mut Stream) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+}
+
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
 
 type Sink =
     futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;

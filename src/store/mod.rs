@@ -434,7 +434,7 @@ pub trait ChatStore: Send + Sync + 'static {
 }
 
 /// A co-edited document: a name in a space.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DocRecord {
     /// Unique on the server: the name in `/yjs/{id}`.
     pub id: String,

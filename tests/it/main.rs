@@ -10,3 +10,4 @@ mod presence;
 mod session;
 mod tidy;
 mod util;
+mod yjs_node;
