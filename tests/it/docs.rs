@@ -558,3 +558,26 @@ async fn sessions_and_y_websocket_clients_edit_one_document() {
     let mut fresh = SessionDoc::open(&s, "dave", "shared").await.unwrap();
     fresh.until_text("ac!?").await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_document_routes() {
+    let s = TestServer::start().await;
+    let (status, doc, _) = http(s.http, "GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/docs", &["post"][..]),
+        ("/api/docs/{id}", &["get", "delete"]),
+        ("/api/docs/{id}/content", &["get"]),
+        ("/api/spaces/{space}/docs", &["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                paths[path][*method].is_object(),
+                "{method} {path} is not documented"
+            );
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.contains_key("DocRecord") && schemas.contains_key("CreateBody"));
+}
