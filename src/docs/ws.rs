@@ -12,6 +12,7 @@ use super::sync::permission_denied;
 use crate::access::Claims;
 use crate::connection::Permit;
 use crate::hub::{Batch, CloseReason, Outbox};
+use crate::metrics::Transport;
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
@@ -84,6 +85,10 @@ pub async fn run(
         }
     };
     tracing::debug!(parent: &span, read_only, "document opened");
+    // Counted with the WebSocket connections (frames written are not: they leave through the
+    // outbox, whose depth and delay are measured there).
+    let metrics = shared.metrics.transport(Transport::Ws).clone();
+    metrics.connections.inc();
     // Viewers show in presence, in the room `doc:<id>` of the document's space.
     shared
         .presence
@@ -105,6 +110,8 @@ pub async fn run(
         };
         match message {
             Some(Ok(Message::Binary(frame))) => {
+                metrics.frames_in.inc();
+                metrics.bytes_in.inc_by(frame.len() as u64);
                 if !joined.frame(frame).await {
                     break;
                 }
@@ -137,6 +144,7 @@ pub async fn run(
         abort.abort();
     }
     drain(&mut stream).await;
+    metrics.connections.dec();
     tracing::debug!(parent: &span, "document connection closed");
 }
 
