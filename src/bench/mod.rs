@@ -11,9 +11,9 @@
 //! - `usage`: CPU and memory of the tool and the server, from `/proc`.
 //! - `nats`: the `--target nats` adapter (NATS client protocol over WebSocket), so scenarios
 //!   run unchanged against nats-server for comparison (`benches/compare.sh`).
-//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`): `XArgs` (clap) and
-//!   `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario` variant and a
-//!   match arm in `run`.
+//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`): `XArgs`
+//!   (clap) and `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario`
+//!   variant and a match arm in `run`.
 //!
 //! The tool runs on its own multi-thread runtime with `--threads` workers (default 1), so on a
 //! 2-core machine the server gets one core and the tool the other:
@@ -29,6 +29,7 @@ pub mod scan;
 pub mod target;
 pub mod usage;
 pub mod wire;
+pub mod yjs;
 
 pub use report::Report;
 pub use target::CommonArgs;
@@ -70,6 +71,10 @@ pub enum Scenario {
     /// Persistent chat: acknowledged (durable) sends per second from pipelining members, then
     /// history-page and search latency on the room (fill it with --room-messages).
     Chat(chat::ChatArgs),
+    /// Co-editing one Yjs document over y-websocket: N clients, W of them typing; latency from
+    /// edit to every other client, lost edits, server CPU per delivered update. Runs against
+    /// Chorus or the reference y-websocket server.
+    Yjs(yjs::YjsArgs),
 }
 
 impl Scenario {
@@ -79,6 +84,7 @@ impl Scenario {
             Scenario::Connections(a) => &a.common,
             Scenario::Presence(a) => &a.common,
             Scenario::Chat(a) => &a.common,
+            Scenario::Yjs(a) => &a.common,
         }
     }
 
@@ -89,6 +95,7 @@ impl Scenario {
             Scenario::Connections(a) => connections::run(a).await,
             Scenario::Presence(a) => presence::run(a).await,
             Scenario::Chat(a) => chat::run(a).await,
+            Scenario::Yjs(a) => yjs::run(a).await,
         }
     }
 }

@@ -163,3 +163,54 @@ async fn presence_storm() {
     }
     assert_eq!(report.summary["pass"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yjs_coediting() {
+    let s = server().await;
+    let scenario = args(
+        &s,
+        Tr::Ws,
+        &[
+            "yjs",
+            "-n",
+            "3,12",
+            "-w",
+            "2",
+            "-r",
+            "20",
+            "-d",
+            "0.5",
+            "--warmup",
+            "0.2",
+            // Waits only while edits are missing: generous, so a slow machine loses nothing.
+            "--drain-ms",
+            "10000",
+        ],
+    );
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.steps.len(), 2, "{}", report.render());
+    for (step, n) in report.steps.iter().zip([3u64, 12]) {
+        assert!(step.pass, "{}", report.render());
+        assert_eq!(step.counter("connected"), n, "{}", report.render());
+        let edits = step.counter("edits");
+        // Each writer's first edit is due at once; the rest depend on timing.
+        assert!(edits >= 2, "{}", report.render());
+        // Every edit observed by every client but its writer, once.
+        assert_eq!(step.counter("expected"), edits * (n - 1));
+        assert_eq!(step.counter("observed"), edits * (n - 1));
+        assert_eq!(step.counter("lost"), 0);
+        assert_eq!(step.counter("duplicates"), 0);
+        assert_eq!(step.counter("foreign"), 0);
+        assert_eq!(step.counter("clients_missing_edits"), 0);
+        assert!(step.errors.is_empty(), "{:?}", step.errors);
+        // One latency per measured edit and reader.
+        let measured = step.counter("measured_edits");
+        assert!(measured <= edits);
+        let count = step.latency.as_ref().map_or(0, |l| l.count);
+        assert_eq!(count, measured * (n - 1), "{}", report.render());
+        assert!(step.usage.server.is_some());
+    }
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["summary"]["pass"], true);
+    assert_eq!(json["summary"]["steps"][1]["clients"], 12);
+}
