@@ -202,19 +202,10 @@ impl PresenceService {
         self.request(conn, request, true).await
     }
 
-    /// Show connection `conn` (connected with `connect`) in `room`, or no longer, without a
-    /// reply: for a document's viewers, whose access the caller checked.
-    pub async fn set_room(
-        &self,
-        conn: u64,
-        room: RoomId,
-        inside: bool,
-    ) -> Result<(), ServiceError> {
-        let request = if inside {
-            PresenceRequest::JoinRoom { id: 0, room }
-        } else {
-            PresenceRequest::LeaveRoom { id: 0, room }
-        };
+    /// Execute `request` for connection `conn` (connected with `connect`) without a reply: for
+    /// connections that do not speak the session protocol, such as a document's, whose access
+    /// the caller checked. Like `execute`, it never waits for room in the queue.
+    pub async fn tell(&self, conn: u64, request: PresenceRequest) -> Result<(), ServiceError> {
         self.request(conn, request, false).await
     }
 

@@ -2,7 +2,7 @@
 //! space), and read-only access. Shared by `/yjs/`, the session protocol and the HTTP API.
 
 use crate::access::{Action, Claims, Grant, Role};
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PresenceRequest};
 use crate::server::Shared;
 use crate::spaces::ServiceError;
 use crate::store::{DocRecord, StoreError};
@@ -23,11 +23,16 @@ pub fn check_doc_id(id: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// The presence room of a document's viewers: `doc:<id>` in its space.
-pub fn viewers(doc: &DocRecord) -> presence::RoomId {
-    presence::RoomId {
+/// Enter (or leave) the presence room of a document's viewers: `doc:<id>` in its space.
+pub fn viewing(doc: &DocRecord, inside: bool) -> PresenceRequest {
+    let room = presence::RoomId {
         space: doc.space.clone(),
         id: format!("doc:{}", doc.id),
+    };
+    if inside {
+        PresenceRequest::JoinRoom { id: 0, room }
+    } else {
+        PresenceRequest::LeaveRoom { id: 0, room }
     }
 }
 

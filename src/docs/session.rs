@@ -1,7 +1,7 @@
 //! Documents over the session protocol (`doc.open`, `doc.sync`, `doc.close`): the same
 //! documents, rules and y-websocket messages as `/yjs/`, on the connection's one socket.
 
-use super::open::{create_new, delete, list, open, viewers};
+use super::open::{create_new, delete, list, open, viewing};
 use super::{Joined, Wire};
 use crate::access::Claims;
 use crate::hub::Outbox;
@@ -51,7 +51,7 @@ impl OpenDocs {
                     .await
                     .map_err(|m| ServiceError::new(ErrorCode::Internal, m))?;
                 // Best effort: presence may be busy; the document works without it.
-                let _ = shared.presence.set_room(conn, viewers(&record), true).await;
+                let _ = shared.presence.tell(conn, viewing(&record, true)).await;
                 let reply = json!({"doc": record, "read_only": read_only});
                 self.open.insert(doc, (record, joined));
                 Ok(reply)
@@ -91,10 +91,7 @@ impl OpenDocs {
             return false;
         };
         joined.leave().await;
-        let _ = shared
-            .presence
-            .set_room(conn, viewers(&record), false)
-            .await;
+        let _ = shared.presence.tell(conn, viewing(&record, false)).await;
         true
     }
 

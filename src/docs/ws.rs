@@ -7,13 +7,13 @@
 //! ever). Admitted connections exchange binary y-websocket frames with the document's task.
 
 use super::Wire;
-use super::open::{open, viewers};
+use super::open::{open, viewing};
 use super::sync::permission_denied;
 use crate::access::Claims;
 use crate::connection::Permit;
 use crate::hub::{Batch, CloseReason, Outbox};
 use crate::metrics::Transport;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PresenceRequest};
 use crate::server::Shared;
 use crate::spaces::ServiceError;
 use crate::store::DocRecord;
@@ -21,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -94,11 +94,13 @@ pub async fn run(
         .presence
         .connect(&shared.spaces, conn, &claims, outbox.clone())
         .await;
-    if let Err(e) = shared.presence.set_room(conn, viewers(&doc), true).await {
+    if let Err(e) = shared.presence.tell(conn, viewing(&doc, true)).await {
         tracing::debug!(parent: &span, error = %e.message, "viewer not shown in presence");
     }
     let writer = tokio::spawn(write_loop(sink, outbox.clone()));
     let closed = outbox.closed_token();
+    let activity_every = Duration::from_millis(shared.config.presence_idle_timeout_ms / 10);
+    let mut last_activity = Instant::now();
     loop {
         let message = tokio::select! {
             m = stream.next() => m,
@@ -112,6 +114,14 @@ pub async fn run(
             Some(Ok(Message::Binary(frame))) => {
                 metrics.frames_in.inc();
                 metrics.bytes_in.inc_by(frame.len() as u64);
+                // An edit is activity: without it, a user who only edits through y-websocket
+                // would turn away after the idle timeout. Reported at most once a tenth of it.
+                let edit = frame.starts_with(&[0, 1]) || frame.starts_with(&[0, 2]);
+                if edit && last_activity.elapsed() >= activity_every {
+                    last_activity = Instant::now();
+                    let activity = PresenceRequest::Activity { id: 0 };
+                    let _ = shared.presence.tell(conn, activity).await;
+                }
                 if !joined.frame(frame).await {
                     break;
                 }

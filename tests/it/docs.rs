@@ -581,3 +581,35 @@ async fn the_openapi_document_describes_the_document_routes() {
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     assert!(schemas.contains_key("DocRecord") && schemas.contains_key("CreateBody"));
 }
+
+#[tokio::test]
+async fn editing_through_y_websocket_keeps_a_user_active() {
+    let s = TestServer::with(|c| c.presence_idle_timeout_ms = 2_000).await;
+    let mut a = YClient::open(&s, "busy", &s.token("alice", "acme")).await;
+    a.append("x").await;
+    a.until_text("x").await;
+    let mut carol = s.client(Tr::Ws, "carol", "acme").await;
+    let room = json!({"space": "_acme", "id": "doc:busy"});
+    carol
+        .call(json!({"type": "presence.subscribe", "scope": {"room": room}}))
+        .await
+        .unwrap();
+    // Three idle timeouts of steady typing: alice never turns away ...
+    let typing = tokio::time::Instant::now();
+    while typing.elapsed() < Duration::from_secs(6) {
+        a.append(".").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(frame) = tokio::time::timeout(Duration::ZERO, carol.expect()).await {
+            if let ServerFrame::Presence { updates } = frame.unwrap() {
+                let away = updates
+                    .iter()
+                    .flat_map(|u| &u.entries)
+                    .any(|e| e.user.id == "alice" && e.status == presence::Status::Away);
+                assert!(!away, "alice turned away while typing");
+            }
+        }
+    }
+    // ... and does once she stops.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while presence_of_alice(&mut carol, deadline).await != presence::Status::Away {}
+}
