@@ -189,6 +189,7 @@ impl DocCore {
                 let payload = r.bytes()?;
                 match kind {
                     SYNC_STEP_1 => {
+                        check_state_vector(payload)?;
                         let sv = StateVector::decode_v1(payload)
                             .map_err(|_| SyncError::Malformed("bad state vector"))?;
                         let diff = self.doc.transact().encode_diff_v1(&sv);
@@ -397,6 +398,24 @@ impl DocCore {
         write_bytes(&mut out, &update);
         Bytes::from(out)
     }
+}
+
+/// Checks a state vector before `yrs` decodes it: its entry count must fit the bytes it came
+/// in (yrs reserves room for the count it reads), and its client ids must be 53-bit.
+fn check_state_vector(payload: &[u8]) -> Result<(), SyncError> {
+    let mut r = Reader(payload);
+    let count = r.var()?;
+    // Each entry takes at least two bytes: a client id and a clock.
+    if count > (r.0.len() / 2) as u64 {
+        return Err(SyncError::Malformed("bad state vector"));
+    }
+    for _ in 0..count {
+        if r.var()? > MAX_CLIENT_ID {
+            return Err(SyncError::Malformed("client id out of range"));
+        }
+        r.var()?;
+    }
+    Ok(())
 }
 
 /// The auth message refusing a connection, with the reason the client shows.

@@ -360,7 +360,15 @@ fn malformed_frames_are_refused_and_unknown_types_ignored() {
         (&[0xff; 11][..], "bad varint"),
         (&[0, 2, 50, 1][..], "length beyond the frame"),
         (&[0, 9, 0][..], "unknown sync message"),
-        (&[0, 0, 1, 0xff][..], "bad state vector"),
+        (&[0, 0, 1, 0xff][..], "bad varint"),
+        // A count of a million entries in 4 bytes, and a client id of 2^53.
+        (&[0, 0, 4, 0xc0, 0x84, 0x3d, 0][..], "bad state vector"),
+        (
+            &[
+                0, 0, 10, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 0,
+            ][..],
+            "client id out of range",
+        ),
     ] {
         assert_eq!(
             core.receive(1, frame, 0),
