@@ -3,6 +3,7 @@
 //! * "decode_client": `decode_client` of one `publish` frame carrying a ~100-byte data object.
 //!   Both inputs come from the same `serde_json::Value` (`serde_json::to_vec` and
 //!   `rmp_serde::to_vec_named`); throughput is the input frame's size.
+//!   The same for a `chat.send` (a service request, decoded through its leading `type`).
 //! * "encode_message": `encode_message` of the `message` frame a publish of that data object
 //!   becomes; throughput is the encoded frame's size.
 
@@ -60,6 +61,40 @@ fn decode(c: &mut Criterion) {
         assert_eq!(decode_client(bytes, MAX_FRAME_BYTES).unwrap(), expected);
         group.throughput(Throughput::Bytes(bytes.len() as u64));
         group.bench_with_input(BenchmarkId::new(*name, bytes.len()), bytes, |b, bytes| {
+            b.iter(|| decode_client(black_box(bytes), MAX_FRAME_BYTES).expect("valid frame"))
+        });
+    }
+    // A service request: `chat.send`, the most frequent one, with the same text and `type`
+    // first, as clients write it.
+    #[derive(serde::Serialize)]
+    struct Send<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        id: u64,
+        space: &'a str,
+        room: &'a str,
+        client_id: &'a str,
+        body: &'a str,
+    }
+    let text = payload()["text"].as_str().unwrap().to_string();
+    let send = Send {
+        kind: "chat.send",
+        id: 43,
+        space: "space-1",
+        room: "general",
+        client_id: "c-42",
+        body: &text,
+    };
+    for (name, bytes) in [
+        ("chat.send json", serde_json::to_vec(&send).unwrap()),
+        ("chat.send msgpack", rmp_serde::to_vec_named(&send).unwrap()),
+    ] {
+        assert!(matches!(
+            decode_client(&bytes, MAX_FRAME_BYTES),
+            Ok(ClientFrame::Chat(_))
+        ));
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_with_input(BenchmarkId::new(name, bytes.len()), &bytes, |b, bytes| {
             b.iter(|| decode_client(black_box(bytes), MAX_FRAME_BYTES).expect("valid frame"))
         });
     }

@@ -107,9 +107,14 @@ pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, Decode
     };
     let encoding = Encoding::sniff(frame)
         .ok_or_else(|| malformed("a frame is a JSON object or a MessagePack map".into()))?;
-    let parsed = match encoding {
-        Encoding::Json => serde_json::from_slice::<ClientFrame>(frame).map_err(|e| e.to_string()),
-        Encoding::Msgpack => rmp_serde::from_slice::<ClientFrame>(frame).map_err(|e| e.to_string()),
+    // A service request whose `type` leads the frame (as clients write it) is decoded as that
+    // service's request at once, instead of after the core types and the other services.
+    let parsed = match leading_type(frame, encoding).and_then(|kind| kind.split_once('.')) {
+        Some(("space", _)) => parse(frame, encoding).map(ClientFrame::Space),
+        Some(("presence", _)) => parse(frame, encoding).map(ClientFrame::Presence),
+        Some(("chat", _)) => parse(frame, encoding).map(ClientFrame::Chat),
+        Some(("doc", _)) => parse(frame, encoding).map(ClientFrame::Doc),
+        _ => parse(frame, encoding),
     };
     let detail = match parsed {
         Ok(frame) => return Ok(frame),
@@ -145,6 +150,35 @@ pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, Decode
         code,
         message,
     })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(frame: &[u8], encoding: Encoding) -> Result<T, String> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(frame).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice(frame).map_err(|e| e.to_string()),
+    }
+}
+
+/// The frame's `type` if it is the first field, read from the bytes without decoding: JSON
+/// that starts `{"type":"…"` (no escapes), or a MessagePack map whose first key is `type` with
+/// a short string value. `None` says nothing about the frame: it is decoded in full.
+fn leading_type(frame: &[u8], encoding: Encoding) -> Option<&str> {
+    let kind = match encoding {
+        Encoding::Json => {
+            let rest = frame.strip_prefix(br#"{"type":""#)?;
+            let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            (rest[end] == b'"').then(|| &rest[..end])?
+        }
+        Encoding::Msgpack => {
+            let rest = frame
+                .get(1..)
+                .filter(|_| (0x80..=0x8f).contains(&frame[0]))?;
+            let rest = rest.strip_prefix(b"\xa4type")?;
+            let len = usize::from(rest.first().filter(|&&b| (0xa0..=0xbf).contains(&b))? & 0x1f);
+            rest.get(1..1 + len)?
+        }
+    };
+    std::str::from_utf8(kind).ok()
 }
 
 /// Encode one server frame. JSON output is valid UTF-8, so it may be sent as a WebSocket text frame.
@@ -238,7 +272,65 @@ mod tests {
 
     #[test]
     fn every_known_type_is_listed() {
-        let frames = [
+        let frames = known_frames();
+        let known = CORE_TYPES.len() + SERVICES.iter().map(|(t, _)| t.len()).sum::<usize>();
+        assert_eq!(frames.len(), known);
+        for f in frames {
+            assert!(is_known_type(f["type"].as_str().unwrap()));
+            decode(f.clone()).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    /// A frame as a client writes it: `type` first, then the other fields.
+    struct TypeFirst<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+    impl Serialize for TypeFirst<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(self.0.len()))?;
+            map.serialize_entry("type", &self.0["type"])?;
+            for (k, v) in self.0.iter().filter(|(k, _)| *k != "type") {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        }
+    }
+
+    #[test]
+    fn frames_with_a_leading_type_decode_alike() {
+        for f in known_frames() {
+            let first = TypeFirst(f.as_object().unwrap());
+            let json = serde_json::to_vec(&first).unwrap();
+            let msgpack = rmp_serde::to_vec_named(&first).unwrap();
+            let kind = f["type"].as_str().unwrap();
+            assert_eq!(leading_type(&json, Encoding::Json), Some(kind));
+            assert_eq!(leading_type(&msgpack, Encoding::Msgpack), Some(kind));
+            let want = decode(f.clone()).unwrap();
+            assert_eq!(decode_client(&json, 1024).unwrap(), want, "{f}");
+            assert_eq!(decode_client(&msgpack, 1024).unwrap(), want, "{f}");
+        }
+        // Anything else takes the full decode.
+        assert_eq!(
+            leading_type(br#"{"id":1,"type":"ping"}"#, Encoding::Json),
+            None
+        );
+        assert_eq!(
+            leading_type(br#"{"type":"chat\u002esend"}"#, Encoding::Json),
+            None
+        );
+        assert_eq!(leading_type(br#"{"type":"chat.send"#, Encoding::Json), None);
+        // A bad request found through its leading type gets the usual answer.
+        let e = decode_client(br#"{"type":"chat.send","id":5,"space":"s"}"#, 1024).unwrap_err();
+        assert_eq!((e.id, e.code), (Some(5), ErrorCode::InvalidRequest));
+        assert!(
+            e.message.starts_with("bad `chat.send` frame"),
+            "{}",
+            e.message
+        );
+    }
+
+    fn known_frames() -> Vec<serde_json::Value> {
+        vec![
             json!({"type": "hello", "id": 1, "version": 1}),
             json!({"type": "ping", "id": 1}),
             json!({"type": "pong"}),
@@ -287,13 +379,7 @@ mod tests {
             json!({"type": "doc.create", "id": 1}),
             json!({"type": "doc.list", "id": 1, "space": "s"}),
             json!({"type": "doc.delete", "id": 1, "doc": "d"}),
-        ];
-        let known = CORE_TYPES.len() + SERVICES.iter().map(|(t, _)| t.len()).sum::<usize>();
-        assert_eq!(frames.len(), known);
-        for f in frames {
-            assert!(is_known_type(f["type"].as_str().unwrap()));
-            decode(f.clone()).unwrap_or_else(|e| panic!("{f}: {e}"));
-        }
+        ]
     }
 
     #[test]

@@ -1287,7 +1287,7 @@ mod crash {
                         let client_id = in_flight.remove(&id).expect("a reply to a send");
                         assert_eq!(result["client_id"], json!(client_id));
                         assert_eq!(result["duplicate"], json!(false));
-                        acked.push((client_id, result["offset"].as_u64().unwrap()));
+                        acked.push((id, client_id, result["offset"].as_u64().unwrap()));
                         acks.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(ServerFrame::Error { id, code, message }) => {
@@ -1300,7 +1300,18 @@ mod crash {
         }
         .await;
         drop(result); // The server was killed: the connection ends one way or another.
-        (acked, in_flight.into_values().collect())
+        // Both in the order sent (replies to pipelined sends may come out of order), so that
+        // the retry sends what was lost in that order too.
+        acked.sort_unstable();
+        let mut lost: Vec<(u64, String)> = in_flight.into_iter().collect();
+        lost.sort_unstable();
+        (
+            acked
+                .into_iter()
+                .map(|(_, id, offset)| (id, offset))
+                .collect(),
+            lost.into_iter().map(|(_, id)| id).collect(),
+        )
     }
 
     /// Every event of the room, from the store, paged with `chat.sync`.
