@@ -582,6 +582,11 @@ impl Conn {
         let id = self.next_id;
         self.next_id += 1;
         frame["id"] = json!(id);
+        // `type` first, as clients write it (the server then decodes by it at once).
+        let object = frame
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("a request is a JSON object"))?;
+        let frame = crate::protocol::TypeFirst(object);
         let bytes = match self.encoding {
             Encoding::Json => serde_json::to_vec(&frame)?,
             Encoding::Msgpack => rmp_serde::to_vec_named(&frame)?,

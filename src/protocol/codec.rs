@@ -152,6 +152,24 @@ pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, Decode
     })
 }
 
+/// A JSON object serialized with its `type` first, then its other fields: as clients write
+/// frames, so that the server finds the type without decoding the rest (`leading_type`).
+pub struct TypeFirst<'a>(pub &'a serde_json::Map<String, serde_json::Value>);
+
+impl Serialize for TypeFirst<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        if let Some(kind) = self.0.get("type") {
+            map.serialize_entry("type", kind)?;
+        }
+        for (k, v) in self.0.iter().filter(|(k, _)| *k != "type") {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(frame: &[u8], encoding: Encoding) -> Result<T, String> {
     match encoding {
         Encoding::Json => serde_json::from_slice(frame).map_err(|e| e.to_string()),
@@ -278,21 +296,6 @@ mod tests {
         for f in frames {
             assert!(is_known_type(f["type"].as_str().unwrap()));
             decode(f.clone()).unwrap_or_else(|e| panic!("{f}: {e}"));
-        }
-    }
-
-    /// A frame as a client writes it: `type` first, then the other fields.
-    struct TypeFirst<'a>(&'a serde_json::Map<String, serde_json::Value>);
-
-    impl Serialize for TypeFirst<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut map = s.serialize_map(Some(self.0.len()))?;
-            map.serialize_entry("type", &self.0["type"])?;
-            for (k, v) in self.0.iter().filter(|(k, _)| *k != "type") {
-                map.serialize_entry(k, v)?;
-            }
-            map.end()
         }
     }
 

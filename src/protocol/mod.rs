@@ -15,7 +15,7 @@ pub use docs::{DocData, DocRequest};
 pub use presence::PresenceRequest;
 pub use space::SpaceRequest;
 
-pub use codec::{DecodeError, Encoding, decode_client, encode_message, encode_server};
+pub use codec::{DecodeError, Encoding, TypeFirst, decode_client, encode_message, encode_server};
 pub use error::ErrorCode;
 
 use serde::{Deserialize, Serialize};
