@@ -19,6 +19,39 @@ const PATIENCE: Duration = Duration::from_secs(10);
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Insert `s` at the end of text `t` of `doc`: the update to send.
+fn append(doc: &Doc, s: &str) -> Message {
+    let text = doc.get_or_insert_text("t");
+    let before = doc.transact().state_vector();
+    {
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+    }
+    Message::Sync(SyncMessage::Update(doc.transact().encode_diff_v1(&before)))
+}
+
+fn text(doc: &Doc) -> String {
+    doc.get_or_insert_text("t").get_string(&doc.transact())
+}
+
+/// Apply a server message to `doc`, as a Yjs client does: the answer to send, if any (step 2
+/// for the server's step 1).
+fn apply(doc: &Doc, message: Message) -> Option<Message> {
+    match message {
+        Message::Sync(SyncMessage::SyncStep1(sv)) => {
+            let diff = doc.transact().encode_diff_v1(&sv);
+            Some(Message::Sync(SyncMessage::SyncStep2(diff)))
+        }
+        Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
+            let update = Update::decode_v1(&u).unwrap();
+            doc.transact_mut().apply_update(update).unwrap();
+            None
+        }
+        _ => None,
+    }
+}
+
 /// A y-websocket client with its own copy of the document.
 struct YClient {
     ws: Ws,
@@ -45,21 +78,12 @@ impl YClient {
 
     /// Insert `s` at the end of text `t` and send the update.
     async fn append(&mut self, s: &str) {
-        let text = self.doc.get_or_insert_text("t");
-        let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(&mut txn, len, s);
-        }
-        let update = self.doc.transact().encode_diff_v1(&before);
-        self.send(Message::Sync(SyncMessage::Update(update))).await;
+        let update = append(&self.doc, s);
+        self.send(update).await;
     }
 
     fn text(&self) -> String {
-        self.doc
-            .get_or_insert_text("t")
-            .get_string(&self.doc.transact())
+        text(&self.doc)
     }
 
     /// The next message, or `None` once the server closed (with its close frame, if any).
@@ -85,15 +109,11 @@ impl YClient {
     async fn until_text(&mut self, want: &str) {
         while self.text() != want {
             match self.next().await {
-                Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
-                    let diff = self.doc.transact().encode_diff_v1(&sv);
-                    self.send(Message::Sync(SyncMessage::SyncStep2(diff))).await;
+                Ok(message) => {
+                    if let Some(answer) = apply(&self.doc, message) {
+                        self.send(answer).await;
+                    }
                 }
-                Ok(Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u))) => {
-                    let update = Update::decode_v1(&u).unwrap();
-                    self.doc.transact_mut().apply_update(update).unwrap();
-                }
-                Ok(_) => {}
                 Err(close) => panic!(
                     "closed ({close:?}) with text {:?}, want {want:?}",
                     self.text()
@@ -452,20 +472,12 @@ impl SessionDoc {
     }
 
     async fn append(&mut self, s: &str) {
-        let text = self.doc.get_or_insert_text("t");
-        let before = self.doc.transact().state_vector();
-        {
-            let mut txn = self.doc.transact_mut();
-            let len = text.len(&txn);
-            text.insert(&mut txn, len, s);
-        }
-        let update = self.doc.transact().encode_diff_v1(&before);
-        self.sync(Message::Sync(SyncMessage::Update(update))).await;
+        let update = append(&self.doc, s);
+        self.sync(update).await;
     }
 
     async fn until_text(&mut self, want: &str) {
-        let text = self.doc.get_or_insert_text("t");
-        while text.get_string(&self.doc.transact()) != want {
+        while text(&self.doc) != want {
             let frame = tokio::time::timeout(PATIENCE, self.client.expect())
                 .await
                 .expect("the document never got there")
@@ -473,16 +485,9 @@ impl SessionDoc {
             match frame {
                 ServerFrame::Doc { doc, data } => {
                     assert_eq!(doc, self.name);
-                    match Message::decode_v1(&data.0).unwrap() {
-                        Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                            let diff = self.doc.transact().encode_diff_v1(&sv);
-                            self.sync(Message::Sync(SyncMessage::SyncStep2(diff))).await;
-                        }
-                        Message::Sync(SyncMessage::SyncStep2(u) | SyncMessage::Update(u)) => {
-                            let update = Update::decode_v1(&u).unwrap();
-                            self.doc.transact_mut().apply_update(update).unwrap();
-                        }
-                        _ => {}
+                    let message = Message::decode_v1(&data.0).unwrap();
+                    if let Some(answer) = apply(&self.doc, message) {
+                        self.sync(answer).await;
                     }
                 }
                 ServerFrame::Error { code, message, .. } => panic!("{code}: {message}"),
