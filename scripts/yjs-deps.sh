@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../tests/yjs"
 
+# A fresh Debian machine may lack them: install them where we may (root with apt-get).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "yjs-deps: installing Node.js and npm (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+fi
 for tool in node npm; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "yjs-deps: '$tool' is not installed; the y-websocket tests (tests/yjs) need Node.js 18+ and npm" >&2

@@ -10,8 +10,8 @@ use crate::server::Shared;
 use crate::spaces::ServiceError;
 use crate::store::{EventKind, Reaction, ThreadSummary};
 use crate::transport;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -106,6 +106,21 @@ impl Modify for Bearer {
             ),
         );
     }
+}
+
+/// A `400 invalid_request` with `message`.
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(ServiceError::new(ErrorCode::InvalidRequest, message))
+}
+
+/// A path's values, or `400 invalid_request` (a JSON body, unlike axum's own rejection).
+pub(crate) fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(t)| t).map_err(|e| bad_request(e.body_text()))
+}
+
+/// A query's values, or `400 invalid_request`.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|e| bad_request(e.body_text()))
 }
 
 /// Every error response.

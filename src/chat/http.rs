@@ -4,11 +4,10 @@
 //! is registered and documented by the same `routes!` line, so the two cannot drift apart.
 
 use crate::access::Claims;
-use crate::http::{ApiError, ApiResult, Authed, ErrorBody};
+use crate::http::{ApiResult, Authed, ErrorBody, bad_request, path, query};
+use crate::protocol::ChatRequest;
 use crate::protocol::chat::BodyFormat;
-use crate::protocol::{ChatRequest, ErrorCode};
 use crate::server::{Shared, unix_ms};
-use crate::spaces::ServiceError;
 use crate::store::{EventKind, Hit, Message, ReadState, Receipt, Revision, Room, RoomMember};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -38,18 +37,6 @@ pub fn api() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(unread))
         .routes(routes!(search))
         .routes(routes!(open_direct))
-}
-
-fn bad_request(message: String) -> ApiError {
-    ApiError(ServiceError::new(ErrorCode::InvalidRequest, message))
-}
-
-fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
-    p.map(|Path(t)| t).map_err(|e| bad_request(e.body_text()))
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(t)| t).map_err(|e| bad_request(e.body_text()))
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -329,7 +316,7 @@ async fn update_room(
 ) -> ApiResult<Json<Value>> {
     let ((space, room), b) = (path(p)?, body(b)?);
     if b.name.is_none() && b.archived.is_none() {
-        return Err(bad_request("give `name`, `archived` or both".into()));
+        return Err(bad_request("give `name`, `archived` or both"));
     }
     let mut reply = Json(Value::Null);
     if let Some(name) = b.name {

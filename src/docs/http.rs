@@ -3,7 +3,7 @@
 //! percent-encoded in a path (`notes%2Ftoday`).
 
 use super::open;
-use crate::http::{ApiError, ApiResult, Authed, ErrorBody};
+use crate::http::{ApiError, ApiResult, Authed, ErrorBody, bad_request, path, query};
 use crate::protocol::ErrorCode;
 use crate::server::Shared;
 use crate::spaces::ServiceError;
@@ -65,7 +65,7 @@ async fn list(
     Authed(claims): Authed,
     space: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<DocRecord>>> {
-    let Path(space) = space.map_err(|e| invalid(&e.body_text()))?;
+    let space = path(space)?;
     Ok(Json(open::list(&shared, &claims, &space).await?))
 }
 
@@ -77,7 +77,7 @@ async fn doc(
     Authed(claims): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DocRecord>> {
-    let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
+    let id = path(id)?;
     Ok(Json(open::readable(&shared, &claims, &id).await?))
 }
 
@@ -90,7 +90,7 @@ async fn delete_doc(
     Authed(claims): Authed,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
+    let id = path(id)?;
     open::delete(&shared, &claims, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,8 +115,8 @@ async fn content(
     id: Result<Path<String>, PathRejection>,
     params: Result<Query<ContentParams>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let Path(id) = id.map_err(|e| invalid(&e.body_text()))?;
-    let Query(params) = params.map_err(|e| invalid(&e.body_text()))?;
+    let id = path(id)?;
+    let params = query(params)?;
     open::readable(&shared, &claims, &id).await?;
     let state = shared
         .docs
@@ -142,9 +142,13 @@ async fn content(
             let body = text.get_string(&txn);
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
         }
-        ("json", Some(_)) => Err(invalid("`root` goes with format=text")),
-        ("text", None) => Err(invalid("format=text needs `root`, the text root to export")),
-        (other, _) => Err(invalid(&format!("unknown format `{other}`: json or text"))),
+        ("json", Some(_)) => Err(bad_request("`root` goes with format=text")),
+        ("text", None) => Err(bad_request(
+            "format=text needs `root`, the text root to export",
+        )),
+        (other, _) => Err(bad_request(format!(
+            "unknown format `{other}`: json or text"
+        ))),
     }
 }
 
@@ -175,8 +179,4 @@ fn roots_json(txn: &yrs::Transaction<'_>) -> serde_json::Map<String, serde_json:
 
 fn json_of(any: &yrs::Any) -> serde_json::Value {
     serde_json::to_value(any).unwrap_or(serde_json::Value::Null)
-}
-
-fn invalid(message: &str) -> ApiError {
-    ApiError(ServiceError::new(ErrorCode::InvalidRequest, message))
 }
