@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Chorus's /yjs/ endpoint against the reference y-websocket server (@y/websocket-server), with
-# the same load tool (`chorus bench yjs`), the same steps and the same pinning, and a dated
-# Markdown table in docs/bench/. See --help.
-#
-# Not compared yet: Hocuspocus. It speaks its own provider protocol (y-websocket messages
-# wrapped with a document name and its own auth handshake), which `chorus bench yjs` does not
-# speak; it needs an adapter of its own first.
+# Chorus's /yjs/ endpoint against the reference y-websocket server (@y/websocket-server) and
+# Hocuspocus (@hocuspocus/server, through its own provider protocol), with the same load tool
+# (`chorus bench yjs`), the same steps and the same pinning, and a dated Markdown table in
+# docs/bench/. See --help.
 set -euo pipefail
 
 usage() {
@@ -21,9 +18,12 @@ delivered update and RSS, the tool's CPU. Against:
   chorus       `chorus serve` (/yjs/<doc>?token=…, tokens minted, fresh temp data dir)
   y-websocket  the reference Node server, tests/yjs/node_modules/@y/websocket-server
                (in memory, defaults otherwise)
+  hocuspocus   Hocuspocus, tests/yjs/hocuspocus-server.mjs (@hocuspocus/server: no
+               extensions, in memory, defaults otherwise); the tool speaks its provider
+               protocol (--yjs-server hocuspocus)
 Each server runs alone, pinned to one core (taskset -c 0); the tool runs pinned to the other
 (taskset -c 1 chorus bench yjs … --threads 1), both at a raised priority (nice -10, as root).
-Writes docs/bench/YYYY-MM-DD-yjs.md (table, ratios chorus / reference from this same run,
+Writes docs/bench/YYYY-MM-DD-yjs.md (table, ratios chorus / each peer from this same run,
 machine notes, exact commands, raw reports).
 
 Installs nothing. Needs: taskset, jq, node, cargo (unless --chorus-bin), and tests/yjs's npm
@@ -37,7 +37,7 @@ Options:
                          [default: "1x10 10x20"]
   --duration SECS        Measured seconds per step [default: 10]
   --warmup SECS          Warm-up seconds per step [default: 1]
-  --servers "LIST"       Which servers [default: "chorus y-websocket"]
+  --servers "LIST"       Which servers [default: "chorus y-websocket hocuspocus"]
   --chorus-bin PATH      Use this chorus binary (server and tool) instead of building
                          target/release/chorus with `cargo build --release`
   --note TEXT            A line for the machine notes (repeatable)
@@ -45,6 +45,7 @@ Options:
   --tool-core N          Core of the tool [default: 1]
   --chorus-port P        HTTP/WebSocket port of chorus (QUIC on P+1) [default: 27710]
   --ref-port P           Port of the reference server [default: 27720]
+  --hp-port P            Port of Hocuspocus [default: 27730]
   --wait-max SECS        Longest wait for a quiet machine (polled every minute) [default: 600]
   --nice N               Niceness of the servers and the tool [default: -10; 0 to leave it]
   --no-wait              Do not wait for a quiet machine
@@ -60,12 +61,13 @@ clients="10,50,200"
 loads="1x10 10x20"
 duration=10
 warmup=1
-servers="chorus y-websocket"
+servers="chorus y-websocket hocuspocus"
 chorus_bin=""
 server_core=0
 tool_core=1
 chorus_port=27710
 ref_port=27720
+hp_port=27730
 wait_max=600
 nice_level=-10
 wait_quiet=1
@@ -88,6 +90,7 @@ while [ $# -gt 0 ]; do
     --tool-core) need_value "$@"; tool_core=$2; shift 2 ;;
     --chorus-port) need_value "$@"; chorus_port=$2; shift 2 ;;
     --ref-port) need_value "$@"; ref_port=$2; shift 2 ;;
+    --hp-port) need_value "$@"; hp_port=$2; shift 2 ;;
     --wait-max) need_value "$@"; wait_max=$2; shift 2 ;;
     --nice) need_value "$@"; nice_level=$2; shift 2 ;;
     --no-wait) wait_quiet=0; shift ;;
@@ -104,17 +107,30 @@ source "$(dirname "$0")/machine.sh"
 for cmd in taskset jq; do
   command -v "$cmd" >/dev/null || die "$cmd is missing (Debian: apt-get install $([ "$cmd" = taskset ] && echo util-linux || echo "$cmd"))"
 done
+for server in $servers; do
+  case "$server" in
+    chorus|y-websocket|hocuspocus) ;;
+    *) die "--servers: unknown server \`$server\` (chorus, y-websocket, hocuspocus)" ;;
+  esac
+done
 ref_server=tests/yjs/node_modules/@y/websocket-server/src/server.js
-if [[ " $servers " == *" y-websocket "* ]]; then
+hp_server=tests/yjs/hocuspocus-server.mjs
+hp_package=tests/yjs/node_modules/@hocuspocus/server/package.json
+if [[ " $servers " == *" y-websocket "* || " $servers " == *" hocuspocus "* ]]; then
   command -v node >/dev/null || die "node is missing (Debian: apt-get install nodejs), or pass --servers chorus"
+fi
+if [[ " $servers " == *" y-websocket "* ]]; then
   [ -f "$ref_server" ] || die "$ref_server is missing: install tests/yjs's packages first (scripts/yjs-deps.sh)"
+fi
+if [[ " $servers " == *" hocuspocus "* ]]; then
+  [ -f "$hp_package" ] || die "$hp_package is missing: install tests/yjs's packages first (scripts/yjs-deps.sh)"
 fi
 check_cores
 chorus_binary
 "$chorus_bin" bench yjs --help >/dev/null 2>&1 || die "$chorus_bin has no \`bench yjs\`: rebuild it"
 
-for port in $chorus_port $ref_port; do
-  ! port_busy "$port" || die "port $port is in use (pick others: --chorus-port, --ref-port)"
+for port in $chorus_port $ref_port $hp_port; do
+  ! port_busy "$port" || die "port $port is in use (pick others: --chorus-port, --ref-port, --hp-port)"
 done
 
 nice_note="nice $nice_level"
@@ -143,6 +159,7 @@ started=$(date '+%Y-%m-%d %H:%M:%S %Z')
 chorus_version=$("$chorus_bin" version 2>/dev/null || echo unknown)
 node_version=$(command -v node >/dev/null && node --version || echo "-")
 ref_version=$(jq -r .version tests/yjs/node_modules/@y/websocket-server/package.json 2>/dev/null || echo "-")
+hp_version=$(jq -r .version "$hp_package" 2>/dev/null || echo "-")
 yjs_version=$(jq -r .version tests/yjs/node_modules/yjs/package.json 2>/dev/null || echo "-")
 
 tmp=$(mktemp -d /tmp/chorus-yjs-compare.XXXXXX)
@@ -185,6 +202,13 @@ start_server() {
       server_pid=$!
       wait_port "$ref_port"
       ;;
+    hocuspocus)
+      cmd="nice -n $nice_level taskset -c $server_core node $hp_server --port $hp_port"
+      nice -n "$nice_level" taskset -c "$server_core" node "$hp_server" --port "$hp_port" \
+        >>"$tmp/hocuspocus.log" 2>&1 &
+      server_pid=$!
+      wait_port "$hp_port"
+      ;;
   esac
   echo "$cmd" >>"$tmp/commands"
   log "$1 running as pid $server_pid"
@@ -203,6 +227,7 @@ bench() {
   case "$server" in
     chorus) target_args=(--url "ws://127.0.0.1:$chorus_port/ws" --data-dir "$chorus_data") ;;
     y-websocket) target_args=(--yjs-server y-websocket --url "ws://127.0.0.1:$ref_port") ;;
+    hocuspocus) target_args=(--yjs-server hocuspocus --url "ws://127.0.0.1:$hp_port") ;;
   esac
   local args=(yjs --clients "$clients" --writers "${load%x*}" --rate "${load#*x}" --duration "$duration"
     --warmup "$warmup" "${target_args[@]}" --server-pid "$server_pid" --threads 1 --json)
@@ -257,13 +282,15 @@ err() { jq -r --arg s "$1" --arg l "$2" 'select(.server == $s and .load == $l) |
 ms='if . == null then "-" else (. / 1000 * 100 | round / 100 | tostring) end'
 num='if . == null then "-" else (. | round | tostring) end'
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }
-name() { case "$1" in chorus) echo "chorus" ;; y-websocket) echo "y-websocket (reference)" ;; esac; }
+name() { case "$1" in chorus) echo "chorus" ;; y-websocket) echo "y-websocket (reference)" ;; hocuspocus) echo "hocuspocus" ;; esac; }
+peers=""
+for server in $servers; do [ "$server" = chorus ] || peers+=" $server"; done
 
 {
-  echo "# Yjs co-editing: chorus vs the reference y-websocket server ($(date +%F))"
+  echo "# Yjs co-editing: $(for server in $servers; do name "$server"; done | paste -sd, - | sed 's/,/ vs /g') ($(date +%F))"
   echo
   echo "Generated by \`benches/yjs-compare.sh\` in ${elapsed} s. Same load tool (\`chorus bench yjs\`), same"
-  echo "steps for both servers; each server alone on core $server_core, the tool on core $tool_core (\`--threads 1\`),"
+  echo "steps for every server ($servers); each server alone on core $server_core, the tool on core $tool_core (\`--threads 1\`),"
   echo "all at $nice_note, a fresh server per load. One fresh document per step; load WxR: W writers typing"
   echo "R small Y.Text inserts/s each; ${warmup} s warm-up + ${duration} s measured per step. Latency: from an edit's send to"
   echo "its appearance in another client's own yrs document, over every (edit, reader) pair; the fastest"
@@ -271,7 +298,12 @@ name() { case "$1" in chorus) echo "chorus" ;; y-websocket) echo "y-websocket (r
   echo "readers; goal: <= 5 ms at 200 clients). Writers type out of step (phases spread over one interval)."
   echo "Server CPU per update: the server's CPU time over the measured phase (its threads' run time from"
   echo "/proc/<pid>/task/*/schedstat) divided by the edits delivered in it. Server CPU %: of one core, same source."
-  echo "The reference server also echoes each update to its sender; echoes are not counted."
+  echo "The reference server and Hocuspocus also echo each update to its sender; echoes are not counted."
+  echo "Hocuspocus is reached through its own provider protocol (each frame prefixed with the document's"
+  echo "name, a token handshake first; \`chorus bench yjs --yjs-server hocuspocus\`): the same y-websocket"
+  echo "messages in another envelope. It answers each update with a sync status to its sender, and its"
+  echo "clients that type nothing for 20 s send an awareness query to stay connected (it drops a socket silent"
+  echo "for 60 s); the other servers are kept alive with WebSocket pings."
   echo "One run per server and load, on a machine that may run other work: the figures are indicative;"
   echo "compare the servers within one run, and see the machine notes for what else ran."
   echo
@@ -290,6 +322,7 @@ name() { case "$1" in chorus) echo "chorus" ;; y-websocket) echo "y-websocket (r
   fi
   echo "- chorus: \`$chorus_version\`, $chorus_bin ($chorus_source)"
   echo "- reference: @y/websocket-server $ref_version (yjs $yjs_version) on node $node_version, in memory"
+  echo "- hocuspocus: @hocuspocus/server $hp_version (yjs $yjs_version) on node $node_version, no extensions, in memory"
   for note in "${notes[@]}"; do echo "- $note"; done
   echo
   echo "## Steps"
@@ -315,16 +348,18 @@ name() { case "$1" in chorus) echo "chorus" ;; y-websocket) echo "y-websocket (r
       done
     done
   done
-  if [[ " $servers " == *" chorus "* && " $servers " == *" y-websocket "* ]]; then
+  if [[ " $servers " == *" chorus "* && -n "$peers" ]]; then
     echo
-    echo "Ratios chorus / reference, measured in this run (< 1: chorus is faster or leaner):"
+    echo "Ratios chorus / peer, measured in this run (< 1: chorus is faster or leaner):"
     echo
-    echo "| load | clients | fastest reader p99 | p99 | p50 | server CPU per update | server RSS |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| load | clients | peer | fastest reader p99 | p99 | p50 | server CPU per update | server RSS |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|"
     for load in $loads; do
       for n in ${clients//,/ }; do
-        r() { ratio "$(row chorus "$load" "$n" "$1 // 0")" "$(row y-websocket "$load" "$n" "$1 // 0")"; }
-        echo "| $load | $n | $(r .fastest_reader_p99_us)× | $(r .p99_us)× | $(r .p50_us)× | $(r .server_cpu_us_per_update)× | $(r .server_rss_kib)× |"
+        for peer in $peers; do
+          r() { ratio "$(row chorus "$load" "$n" "$1 // 0")" "$(row "$peer" "$load" "$n" "$1 // 0")"; }
+          echo "| $load | $n | $(name "$peer") | $(r .fastest_reader_p99_us)× | $(r .p99_us)× | $(r .p50_us)× | $(r .server_cpu_us_per_update)× | $(r .server_rss_kib)× |"
+        done
       done
     done
   fi

@@ -11,6 +11,8 @@
 //! - `usage`: CPU and memory of the tool and the server, from `/proc`.
 //! - `nats`: the `--target nats` adapter (NATS client protocol over WebSocket), so scenarios
 //!   run unchanged against nats-server for comparison (`benches/compare.sh`).
+//! - `yjs_hocuspocus`: the Hocuspocus provider protocol (`chorus bench yjs --yjs-server
+//!   hocuspocus`), so the yjs scenario runs unchanged against `@hocuspocus/server`.
 //! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`): `XArgs`
 //!   (clap) and `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario`
 //!   variant and a match arm in `run`.
@@ -30,6 +32,7 @@ pub mod target;
 pub mod usage;
 pub mod wire;
 pub mod yjs;
+pub mod yjs_hocuspocus;
 
 pub use report::Report;
 pub use target::CommonArgs;

@@ -19,8 +19,9 @@
 //! throughput and CPU are measured over the measured phase), then wait for the last edits (up
 //! to `--drain-ms` without progress) and close every connection.
 //!
-//! The clients speak plain y-websocket (lib0-encoded sync step 1 / step 2 / update; awareness
-//! is read and ignored), so the same scenario runs against:
+//! The clients speak y-websocket (lib0-encoded sync step 1 / step 2 / update; awareness is
+//! read and ignored), plain or in Hocuspocus's envelope (`Framing`: only the framing differs,
+//! the scenario is the same), so it runs against:
 //!
 //! - Chorus (`--yjs-server chorus`, the default): `/yjs/<doc>?token=…` on `--url`'s address,
 //!   with a token per client (users `bench-<i>` of `--org`, minted from the server's secret) or
@@ -29,12 +30,19 @@
 //! - the reference Node server, `@y/websocket-server` (`--yjs-server y-websocket --url
 //!   ws://127.0.0.1:PORT`): `--url`'s path + `/<doc>`, no token. It also echoes every update to
 //!   the client that sent it; echoes change nothing and are not counted as deliveries.
+//! - Hocuspocus, `@hocuspocus/server` (`--yjs-server hocuspocus --url ws://127.0.0.1:PORT`):
+//!   `--url` as given, the document named inside every frame, each client authenticating
+//!   with `--token` (default: empty; a server without an authentication hook takes any).
+//!   It echoes updates too, answers each with a sync status (a refused one is an error), and
+//!   drops a socket silent for a minute: silent readers send a keepalive (`KEEPALIVE`).
+//!   See `yjs_hocuspocus` for the frames.
 
 use super::report::{Latency, Report, Step, histogram, thousands};
 use super::target::{CommonArgs, Target, TargetKind, Transport};
 use super::usage::Sampler;
 use super::wire::{self, Reader, Writer, WsAddr};
-use anyhow::{anyhow, bail};
+use super::yjs_hocuspocus::{Envelope, Incoming};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -45,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use yrs::sync::{Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{ClientID, Doc, GetString, ReadTxn, Text, TextRef, Transact, Update};
+use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, TextRef, Transact, Update};
 
 /// The longest one client's connect and initial sync may take.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +61,9 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const TEXT: &str = "bench";
 /// Writers start typing this long after the last client synced.
 const LEAD: Duration = Duration::from_millis(100);
+/// A Hocuspocus client that sent nothing for this long sends a keepalive (the server drops a
+/// socket silent for its timeout, 60 s by default).
+const KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Which y-websocket server the bench talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +73,19 @@ pub enum YjsServer {
     /// The reference Node server (@y/websocket-server): --url's path + `/<doc>`, no token.
     #[value(name = "y-websocket")]
     YWebsocket,
+    /// Hocuspocus (@hocuspocus/server) through its own provider protocol: --url as given,
+    /// the document named in every frame, --token (default: empty) to authenticate.
+    Hocuspocus,
+}
+
+impl YjsServer {
+    fn name(self) -> &'static str {
+        match self {
+            YjsServer::Chorus => "chorus",
+            YjsServer::YWebsocket => "y-websocket",
+            YjsServer::Hocuspocus => "hocuspocus",
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -72,12 +96,16 @@ Against Chorus (tokens minted with the server's secret, all users of one organis
 Against the reference y-websocket server (@y/websocket-server, no token):
   HOST=127.0.0.1 PORT=1234 taskset -c 0 node tests/yjs/node_modules/@y/websocket-server/src/server.js
   taskset -c 1 chorus bench yjs --yjs-server y-websocket --url ws://127.0.0.1:1234 --server-pid <PID>
-benches/yjs-compare.sh runs both with the same steps and writes a table to docs/bench/.")]
+Against Hocuspocus (@hocuspocus/server, in memory, any token):
+  taskset -c 0 node tests/yjs/hocuspocus-server.mjs --port 1235
+  taskset -c 1 chorus bench yjs --yjs-server hocuspocus --url ws://127.0.0.1:1235 --server-pid <PID>
+benches/yjs-compare.sh runs all three with the same steps and writes a table to docs/bench/.")]
 pub struct YjsArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The y-websocket server: chorus (`/yjs/<doc>?token=…` on --url's host and port), or
-    /// y-websocket (the reference Node server: --url's path + `/<doc>`, no token).
+    /// The server: chorus (`/yjs/<doc>?token=…` on --url's host and port), y-websocket (the
+    /// reference Node server: --url's path + `/<doc>`, no token), or hocuspocus (its own
+    /// provider protocol on --url, --token or an empty token).
     #[arg(long, value_enum, default_value_t = YjsServer::Chorus)]
     pub yjs_server: YjsServer,
     /// Clients on the document, one step per count (a list, e.g. 10,50,200).
@@ -194,8 +222,95 @@ fn markers(s: &str, out: &mut Vec<(u32, u32)>) {
     }
 }
 
-fn encode(message: Message) -> Vec<u8> {
-    message.encode_v1()
+/// How y-websocket messages travel on a client's socket: as they are (Chorus, the reference
+/// server), or in a Hocuspocus envelope (the document's name first, a token handshake).
+#[derive(Debug, Clone)]
+enum Framing {
+    Plain,
+    Hocuspocus(Envelope),
+}
+
+/// A server frame, whatever its framing, as the client acts on it.
+#[derive(Debug, PartialEq)]
+enum Inbound {
+    Yjs(Message),
+    /// The server refused the client or ended its document: why.
+    Refused(String),
+    /// A frame to send back (the token again, a pong).
+    Answer(Vec<u8>),
+    /// Something that should not happen: counted as an error of the step.
+    Trouble(String),
+    Nothing,
+}
+
+impl Framing {
+    /// The framing of `server`'s clients on document `doc`, with `token` (Hocuspocus only:
+    /// the others carry it in the URL, or take none).
+    fn new(server: YjsServer, doc: &str, token: &str) -> anyhow::Result<Framing> {
+        Ok(match server {
+            YjsServer::Chorus | YjsServer::YWebsocket => Framing::Plain,
+            YjsServer::Hocuspocus => Framing::Hocuspocus(Envelope::new(doc, token)?),
+        })
+    }
+
+    fn wrap(&self, message: Message) -> Vec<u8> {
+        let encoded = message.encode_v1();
+        match self {
+            Framing::Plain => encoded,
+            Framing::Hocuspocus(envelope) => envelope.wrap(&encoded),
+        }
+    }
+
+    /// A client's first frames: sync step 1 with `sv`, after the token with Hocuspocus.
+    fn opening(&self, sv: StateVector) -> Vec<Vec<u8>> {
+        let step1 = self.wrap(Message::Sync(SyncMessage::SyncStep1(sv)));
+        match self {
+            Framing::Plain => vec![step1],
+            Framing::Hocuspocus(envelope) => vec![envelope.auth(), step1],
+        }
+    }
+
+    /// What a client that sent nothing for `KEEPALIVE` sends, if the server needs it.
+    fn keepalive(&self) -> Option<Vec<u8>> {
+        match self {
+            Framing::Plain => None,
+            Framing::Hocuspocus(envelope) => Some(envelope.keepalive()),
+        }
+    }
+
+    fn open(&self, frame: &[u8]) -> Inbound {
+        match self {
+            Framing::Plain => match Message::decode_v1(frame) {
+                Ok(Message::Auth(reason)) => Inbound::Refused(format!(
+                    "permission denied: {}",
+                    reason.as_deref().unwrap_or("no reason")
+                )),
+                Ok(message) => Inbound::Yjs(message),
+                Err(e) => Inbound::Trouble(format!("undecodable frame: {e}")),
+            },
+            Framing::Hocuspocus(envelope) => match envelope.open(frame) {
+                Ok(Incoming::Yjs(message)) => Inbound::Yjs(message),
+                Ok(Incoming::TokenRequest) => Inbound::Answer(envelope.auth()),
+                Ok(Incoming::Ping) => Inbound::Answer(Envelope::pong().to_vec()),
+                Ok(Incoming::Denied(reason)) => {
+                    Inbound::Refused(format!("permission denied: {reason}"))
+                }
+                Ok(Incoming::Close(reason)) => {
+                    Inbound::Refused(format!("document closed by the server: {reason}"))
+                }
+                Ok(Incoming::SyncStatus { applied: false }) => {
+                    Inbound::Trouble("update refused by the server (sync status 0)".into())
+                }
+                // Read-only access shows as refused updates (writers) or not at all (readers).
+                Ok(
+                    Incoming::Authenticated { .. }
+                    | Incoming::SyncStatus { applied: true }
+                    | Incoming::Ignored,
+                ) => Inbound::Nothing,
+                Err(e) => Inbound::Trouble(e.to_string()),
+            },
+        }
+    }
 }
 
 /// One client's document and what it saw.
@@ -214,8 +329,9 @@ struct Editor {
     /// Per writer: the next edit to observe and the clock at which it ends.
     next: Vec<(u64, u32)>,
     synced: bool,
-    /// The server's "permission denied" reason.
-    denied: Option<String>,
+    /// Why the server refused this client or ended its document.
+    refused: Option<String>,
+    framing: Framing,
     seen: Seen,
     /// Edits observed, read by the step while it waits for the last ones.
     progress: Arc<AtomicU64>,
@@ -224,7 +340,7 @@ struct Editor {
 impl Editor {
     /// A client of a step with `writers` writers; writer `own` edits with client id
     /// `first_writer_id + own`.
-    fn new(own: Option<usize>, writers: usize, first_writer_id: u64) -> Editor {
+    fn new(own: Option<usize>, writers: usize, first_writer_id: u64, framing: Framing) -> Editor {
         let doc = match own {
             Some(w) => Doc::with_client_id(first_writer_id + w as u64),
             // Readers never write (a random id, as Yjs clients take).
@@ -237,35 +353,36 @@ impl Editor {
             own,
             next: (0..writers).map(|w| (0, marker_len(w, 0))).collect(),
             synced: false,
-            denied: None,
+            refused: None,
+            framing,
             seen: Seen::default(),
             progress: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Sync step 1 with this document's state vector.
-    fn step1(&self) -> Vec<u8> {
-        let sv = self.doc.transact().state_vector();
-        encode(Message::Sync(SyncMessage::SyncStep1(sv)))
+    /// The first frames to send: sync step 1 with this document's state vector, after the
+    /// token if the framing wants one.
+    fn opening(&self) -> Vec<Vec<u8>> {
+        self.framing.opening(self.doc.transact().state_vector())
     }
 
-    /// Handle one y-websocket frame; replies go to `writer`.
+    /// Handle one frame from the server; replies go to `writer`.
     fn handle(&mut self, frame: &[u8], writer: &mut Writer, run: &Run) {
-        match Message::decode_v1(frame) {
-            Ok(Message::Sync(SyncMessage::SyncStep1(sv))) => {
+        match self.framing.open(frame) {
+            Inbound::Yjs(Message::Sync(SyncMessage::SyncStep1(sv))) => {
                 let update = self.doc.transact().encode_state_as_update_v1(&sv);
-                writer.push(&encode(Message::Sync(SyncMessage::SyncStep2(update))));
+                let step2 = Message::Sync(SyncMessage::SyncStep2(update));
+                writer.push(&self.framing.wrap(step2));
             }
-            Ok(Message::Sync(SyncMessage::SyncStep2(update))) => {
+            Inbound::Yjs(Message::Sync(SyncMessage::SyncStep2(update))) => {
                 self.apply(&update, run);
                 self.synced = true;
             }
-            Ok(Message::Sync(SyncMessage::Update(update))) => self.apply(&update, run),
-            Ok(Message::Auth(reason)) => {
-                self.denied = Some(reason.unwrap_or_else(|| "permission denied".into()));
-            }
-            Ok(Message::Awareness(_) | Message::AwarenessQuery | Message::Custom(..)) => {}
-            Err(e) => self.seen.trouble(format!("undecodable frame: {e}")),
+            Inbound::Yjs(Message::Sync(SyncMessage::Update(update))) => self.apply(&update, run),
+            Inbound::Yjs(_) | Inbound::Nothing => {}
+            Inbound::Refused(why) => self.refused = Some(why),
+            Inbound::Answer(frame) => writer.push(&frame),
+            Inbound::Trouble(why) => self.seen.trouble(why),
         }
     }
 
@@ -325,7 +442,8 @@ impl Editor {
             self.text.insert(&mut txn, len, &marker(w, seq));
             txn.encode_update_v1()
         };
-        encode(Message::Sync(SyncMessage::Update(update)))
+        self.framing
+            .wrap(Message::Sync(SyncMessage::Update(update)))
     }
 
     /// Check the final text: every edit observed (and every own edit) is in it exactly once,
@@ -384,6 +502,8 @@ fn client_addr(
             let prefix = base.path.split('?').next().unwrap_or("");
             format!("{}/{doc}", prefix.trim_end_matches('/'))
         }
+        // The document is named in every frame.
+        YjsServer::Hocuspocus => base.path.clone(),
     };
     WsAddr {
         addr: base.addr,
@@ -397,13 +517,16 @@ async fn connect(addr: WsAddr, editor: Editor, run: &Run) -> anyhow::Result<Clie
     let step = async {
         let (mut reader, mut writer) = wire::connect_ws(&addr, None).await?;
         let mut editor = editor;
-        writer.send(&editor.step1()).await?;
+        for frame in editor.opening() {
+            writer.push(&frame);
+        }
+        writer.flush().await?;
         while !editor.synced {
             let open = reader
                 .read(&mut |frame, _| editor.handle(frame, &mut writer, run))
                 .await?;
-            if let Some(reason) = &editor.denied {
-                bail!("permission denied: {reason}");
+            if let Some(why) = &editor.refused {
+                bail!("{why}");
             }
             for ping in reader.take_pings() {
                 writer.pong(&ping);
@@ -452,12 +575,16 @@ async fn client_loop(
     stop: CancellationToken,
 ) -> Seen {
     let far = run.stop + Duration::from_secs(3600);
+    let keepalive = client.editor.framing.keepalive();
+    let mut last_sent = Instant::now();
     loop {
         let due = typing.as_ref().and_then(|t| t.due(&run));
         if typing.is_some() && due.is_none() {
             typing = None;
             run.typing.fetch_sub(1, Ordering::AcqRel);
         }
+        let keepalive_at = keepalive.as_ref().map(|_| last_sent + KEEPALIVE);
+        let wake = due.into_iter().chain(keepalive_at).min();
         let Client {
             reader,
             writer,
@@ -468,7 +595,7 @@ async fn client_loop(
             biased;
             _ = stop.cancelled() => break,
             r = reader.read(&mut on_frame) => Some(r),
-            _ = tokio::time::sleep_until(due.unwrap_or(far).into()), if due.is_some() => None,
+            _ = tokio::time::sleep_until(wake.unwrap_or(far).into()), if wake.is_some() => None,
         };
         match read {
             Some(Ok(true)) => {}
@@ -482,9 +609,10 @@ async fn client_loop(
                 break;
             }
             None => {
-                let typing = typing.as_mut().expect("only writers sleep until an edit");
                 let now = Instant::now();
-                while let Some(at) = typing.due(&run).filter(|&at| at <= now) {
+                while let Some(typing) = typing.as_mut()
+                    && let Some(at) = typing.due(&run).filter(|&at| at <= now)
+                {
                     let late = now.duration_since(at).as_micros() as u64;
                     editor.seen.late_max_us = editor.seen.late_max_us.max(late);
                     let frame = editor.edit(typing.w, typing.seq);
@@ -494,19 +622,26 @@ async fn client_loop(
                     writer.push(&frame);
                     typing.seq += 1;
                 }
+                if let Some(frame) = &keepalive
+                    && writer.queued() == 0
+                    && keepalive_at.is_some_and(|at| at <= now)
+                {
+                    writer.push(frame);
+                }
             }
         }
-        if let Some(reason) = editor.denied.take() {
-            editor.seen.trouble(format!("permission denied: {reason}"));
+        if let Some(why) = editor.refused.take() {
+            editor.seen.trouble(why);
         }
         for ping in reader.take_pings() {
             writer.pong(&ping);
         }
-        if writer.queued() > 0
-            && let Err(e) = writer.flush().await
-        {
-            editor.seen.trouble(format!("write failed: {e}"));
-            break;
+        if writer.queued() > 0 {
+            if let Err(e) = writer.flush().await {
+                editor.seen.trouble(format!("write failed: {e}"));
+                break;
+            }
+            last_sent = Instant::now();
         }
     }
     if typing.is_some() {
@@ -593,9 +728,11 @@ async fn step(
         typing: AtomicUsize::new(writers),
     };
     let space = args.common.space.as_deref();
+    // Hocuspocus clients all present the one token (`--token`, or none).
+    let framing = Framing::new(args.yjs_server, doc, &target.token(0))?;
     let editor = |i: usize| {
         let own = (i < writers).then_some(i);
-        Editor::new(own, writers, first_writer_id)
+        Editor::new(own, writers, first_writer_id, framing.clone())
     };
     // Client 0 first: it creates the document (and, on Chorus, maybe the home space).
     let connect_started = Instant::now();
@@ -904,9 +1041,14 @@ async fn resolve(args: &YjsArgs) -> anyhow::Result<(Target, WsAddr)> {
         bail!("y-websocket runs over WebSocket only (no --quic)");
     }
     let mut common = args.common.clone();
-    if args.yjs_server == YjsServer::YWebsocket {
+    match args.yjs_server {
+        YjsServer::Chorus => {}
         // The reference server takes no token.
-        common.token = Some(String::new());
+        YjsServer::YWebsocket => common.token = Some(String::new()),
+        // Hocuspocus wants one in its handshake; without an authentication hook, any will do.
+        YjsServer::Hocuspocus => {
+            common.token.get_or_insert_default();
+        }
     }
     let most = args.clients.iter().copied().max().unwrap_or(0);
     let target = Target::new(&common, most, Some(1)).await?;
@@ -940,6 +1082,10 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
             format!("bench-{}", hex::encode(random))
         }
     };
+    // Every step's document name must fit the framing, checked before the first connects.
+    for n in &args.clients {
+        Framing::new(args.yjs_server, &format!("{prefix}-{n}"), "").context("--doc")?;
+    }
     let threads = args.common.threads;
     let mut notes = Vec::new();
     let mut steps = Vec::new();
@@ -1018,10 +1164,7 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
     if target.server_pid.is_none() {
         lines.push("server CPU and RSS: unknown (pass --server-pid)".into());
     }
-    let server_name = match args.yjs_server {
-        YjsServer::Chorus => "chorus",
-        YjsServer::YWebsocket => "y-websocket",
-    };
+    let server_name = args.yjs_server.name();
     Ok(Report {
         scenario: "yjs".into(),
         target: format!(
@@ -1029,6 +1172,7 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
             base.host,
             match args.yjs_server {
                 YjsServer::Chorus => format!("/yjs/{prefix}-<N>"),
+                YjsServer::Hocuspocus => format!("{} (documents {prefix}-<N>)", base.path),
                 YjsServer::YWebsocket =>
                     client_addr(
                         &base,
@@ -1041,7 +1185,11 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
                     .path,
             }
         ),
-        encoding: "y-websocket (lib0 v1)".into(),
+        encoding: match args.yjs_server {
+            YjsServer::Chorus | YjsServer::YWebsocket => "y-websocket (lib0 v1)",
+            YjsServer::Hocuspocus => "Hocuspocus provider protocol (lib0 v1)",
+        }
+        .into(),
         params: json!({
             "server": server_name,
             "clients": args.clients,
@@ -1067,7 +1215,6 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::StateVector;
 
     #[test]
     fn markers_are_found_in_any_chunk() {
@@ -1103,31 +1250,39 @@ mod tests {
         }
     }
 
-    fn update_of(frame: &[u8]) -> Vec<u8> {
-        match Message::decode_v1(frame).unwrap() {
-            Message::Sync(SyncMessage::Update(update)) => update,
+    fn update_of(framing: &Framing, frame: &[u8]) -> Vec<u8> {
+        match framing.open(frame) {
+            Inbound::Yjs(Message::Sync(SyncMessage::Update(update))) => update,
             other => panic!("not an update frame: {other:?}"),
         }
     }
 
+    fn hocuspocus() -> Framing {
+        Framing::new(YjsServer::Hocuspocus, "doc-1", "tok").unwrap()
+    }
+
     /// Edits count once each, when integrated: repeats change nothing, an edit that arrives
-    /// before the one it follows waits, and a writer's own edits are not observations.
+    /// before the one it follows waits, and a writer's own edits are not observations. The
+    /// same with either framing.
     #[test]
     fn readers_observe_each_edit_once_when_integrated() {
+        readers_observe(Framing::Plain);
+        readers_observe(hocuspocus());
+    }
+
+    fn readers_observe(framing: Framing) {
         let run = run(2, 8);
-        let mut writers = [
-            Editor::new(Some(0), 2, FIRST),
-            Editor::new(Some(1), 2, FIRST),
-        ];
+        let editor = |own| Editor::new(own, 2, FIRST, framing.clone());
+        let mut writers = [editor(Some(0)), editor(Some(1))];
         let mut frames = [Vec::new(), Vec::new()];
         for (w, editor) in writers.iter_mut().enumerate() {
             for seq in 0..3u64 {
-                frames[w].push(update_of(&editor.edit(w, seq)));
+                frames[w].push(update_of(&framing, &editor.edit(w, seq)));
                 run.sent[w][seq as usize].store(1, Ordering::Release);
                 run.count[w].fetch_add(1, Ordering::AcqRel);
             }
         }
-        let mut reader = Editor::new(None, 2, FIRST);
+        let mut reader = editor(None);
         for update in frames[0].iter().chain(&frames[0]) {
             reader.apply(update, &run);
         }
@@ -1155,16 +1310,64 @@ mod tests {
             .doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
-        let mut late = Editor::new(None, 2, FIRST);
+        let mut late = editor(None);
         late.apply(&state, &run);
         assert_eq!((late.seen.observed, late.seen.update_frames), (6, 1));
         // A marker no writer sent is noticed.
-        let mut odd = Editor::new(None, 2, FIRST);
+        let mut odd = editor(None);
         {
             let mut txn = odd.doc.transact_mut();
             odd.text.insert(&mut txn, 0, "w0:7 ");
         }
         odd.verify(&run);
         assert_eq!(odd.seen.foreign, 1);
+    }
+
+    /// The framings turn server frames into what a client does: the y-websocket "permission
+    /// denied", Hocuspocus's handshake (token first, token again on request, denial, close),
+    /// its pings, and a refused update.
+    #[test]
+    fn framings_map_server_frames() {
+        let plain = Framing::Plain;
+        let denied = Message::Auth(Some("no access".into())).encode_v1();
+        assert_eq!(
+            plain.open(&denied),
+            Inbound::Refused("permission denied: no access".into())
+        );
+        assert!(matches!(plain.open(&[9, 9]), Inbound::Trouble(_)));
+        assert_eq!(plain.keepalive(), None);
+        assert_eq!(
+            plain.opening(StateVector::default()),
+            vec![vec![0, 0, 1, 0]]
+        );
+
+        let h = hocuspocus();
+        let Framing::Hocuspocus(envelope) = &h else {
+            unreachable!()
+        };
+        let opening = h.opening(StateVector::default());
+        assert_eq!(opening, vec![envelope.auth(), envelope.wrap(&[0, 0, 1, 0])]);
+        assert_eq!(opening[1], b"\x05doc-1\x00\x00\x01\x00");
+        assert_eq!(h.keepalive(), Some(envelope.keepalive()));
+        let frame = |body: &[u8]| [b"\x05doc-1".as_slice(), body].concat();
+        assert_eq!(
+            h.open(&frame(b"\x02\x00")),
+            Inbound::Answer(envelope.auth())
+        );
+        assert_eq!(h.open(b"\x09"), Inbound::Answer(vec![10]));
+        assert_eq!(
+            h.open(&frame(b"\x02\x01\x09forbidden")),
+            Inbound::Refused("permission denied: forbidden".into())
+        );
+        assert_eq!(
+            h.open(&frame(b"\x07\x03bye")),
+            Inbound::Refused("document closed by the server: bye".into())
+        );
+        assert!(matches!(h.open(&frame(b"\x08\x00")), Inbound::Trouble(_)));
+        assert_eq!(h.open(&frame(b"\x08\x01")), Inbound::Nothing);
+        assert_eq!(h.open(&frame(b"\x02\x02\x0aread-write")), Inbound::Nothing);
+        // A plain y-websocket frame is not a Hocuspocus one, and the other way round.
+        assert!(matches!(h.open(&denied), Inbound::Trouble(_)));
+        assert!(matches!(plain.open(&opening[1]), Inbound::Trouble(_)));
     }
 }

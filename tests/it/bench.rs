@@ -1,9 +1,12 @@
-//! `chorus bench` in-process against a real server: the fan-out scenario over both transports
-//! and the connections scenario.
+//! `chorus bench` in-process against a real server: the fan-out scenario over both transports,
+//! the connections, presence and yjs scenarios, and the yjs scenario against Hocuspocus.
 
 use crate::util::{TestServer, Tr};
-use chorus::bench::{BenchArgs, Scenario};
+use chorus::bench::{BenchArgs, Report, Scenario};
 use clap::Parser;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn server() -> TestServer {
     TestServer::with(|c| {
@@ -164,30 +167,75 @@ async fn presence_storm() {
     assert_eq!(report.summary["pass"], true);
 }
 
+/// The yjs scenario's steps: 3 then 12 clients, 2 of them typing 20 edits/s, briefly.
+const YJS_STEPS: [&str; 13] = [
+    "yjs",
+    "-n",
+    "3,12",
+    "-w",
+    "2",
+    "-r",
+    "20",
+    "-d",
+    "0.5",
+    "--warmup",
+    "0.2",
+    // Waits only while edits are missing: generous, so a slow machine loses nothing.
+    "--drain-ms",
+    "10000",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yjs_coediting() {
     let s = server().await;
-    let scenario = args(
-        &s,
-        Tr::Ws,
-        &[
-            "yjs",
-            "-n",
-            "3,12",
-            "-w",
-            "2",
-            "-r",
-            "20",
-            "-d",
-            "0.5",
-            "--warmup",
-            "0.2",
-            // Waits only while edits are missing: generous, so a slow machine loses nothing.
-            "--drain-ms",
-            "10000",
-        ],
-    );
+    let scenario = args(&s, Tr::Ws, &YJS_STEPS);
     let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    check_yjs(&report);
+}
+
+/// The same scenario against the real Hocuspocus server (`tests/yjs/hocuspocus-server.mjs`),
+/// its clients speaking the Hocuspocus provider protocol: a wrong envelope, a missing token
+/// handshake or a misread reply leaves clients unsynced or edits unseen, and fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yjs_coediting_hocuspocus() {
+    crate::yjs_node::require_packages();
+    let mut node = tokio::process::Command::new("node")
+        .current_dir(crate::yjs_node::yjs_dir())
+        .args(["hocuspocus-server.mjs", "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js"));
+    let pid = node.id().expect("running").to_string();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("hocuspocus-server.mjs printed no URL within 30 s")
+        .unwrap()
+        .expect("hocuspocus-server.mjs exited before listening");
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    let mut argv = vec!["bench"];
+    argv.extend(YJS_STEPS);
+    argv.extend([
+        "--yjs-server",
+        "hocuspocus",
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "--json",
+    ]);
+    let scenario = BenchArgs::try_parse_from(argv).unwrap().scenario;
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.params["server"], "hocuspocus");
+    check_yjs(&report);
+    node.kill().await.unwrap();
+}
+
+/// Every client of every step connected, and saw every other writer's edits exactly once.
+fn check_yjs(report: &Report) {
     assert_eq!(report.steps.len(), 2, "{}", report.render());
     for (step, n) in report.steps.iter().zip([3u64, 12]) {
         assert!(step.pass, "{}", report.render());
@@ -202,6 +250,11 @@ async fn yjs_coediting() {
         assert_eq!(step.counter("duplicates"), 0);
         assert_eq!(step.counter("foreign"), 0);
         assert_eq!(step.counter("clients_missing_edits"), 0);
+        assert!(
+            step.counter("update_frames") >= n - 1,
+            "{}",
+            report.render()
+        );
         assert!(step.errors.is_empty(), "{:?}", step.errors);
         // One latency per measured edit and reader.
         let measured = step.counter("measured_edits");
@@ -210,7 +263,7 @@ async fn yjs_coediting() {
         assert_eq!(count, measured * (n - 1), "{}", report.render());
         assert!(step.usage.server.is_some());
     }
-    let json = serde_json::to_value(&report).unwrap();
+    let json = serde_json::to_value(report).unwrap();
     assert_eq!(json["summary"]["pass"], true);
     assert_eq!(json["summary"]["steps"][1]["clients"], 12);
 }

@@ -17,12 +17,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 /// `YJS_TIMEOUT_MS` and it fails by itself well before this.
 const NODE_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn yjs_dir() -> PathBuf {
+pub(crate) fn yjs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/yjs")
 }
 
 /// Fail (never skip) when the npm packages are missing.
-fn require_packages() {
+pub(crate) fn require_packages() {
     let dir = yjs_dir();
     for package in [
         "yjs",
@@ -31,6 +31,7 @@ fn require_packages() {
         "lib0",
         "ws",
         "@y/websocket-server",
+        "@hocuspocus/server",
     ] {
         let manifest = dir.join("node_modules").join(package).join("package.json");
         assert!(
