@@ -29,4 +29,5 @@ done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
 scripts/yjs-deps.sh
+scripts/browser-deps.sh
 cargo test --workspace

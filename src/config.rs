@@ -99,6 +99,25 @@ pub struct Config {
     pub doc_compact_updates: usize,
     /// Documents: how long a document nobody has open stays in memory. Default 30,000 ms.
     pub doc_idle_ms: u64,
+    /// Meetings: whether `meeting.join` creates a missing room (a public chat room of the
+    /// space, the caller its owner). Off: joining a missing room gives `not_found`. Default true.
+    pub meetings_auto_create: bool,
+    /// Meetings: how long a participant whose connection closed stays `reconnecting` (and may
+    /// be resumed), in milliseconds. Default 20,000; 0 to 3,600,000.
+    pub meeting_grace_ms: u64,
+    /// Meetings: active and reconnecting participants per meeting. Default 50; 2 to 1,000.
+    pub meeting_max_participants: usize,
+    /// Meetings: STUN/TURN URLs (`stun:`, `stuns:`, `turn:`, `turns:`) handed to every
+    /// participant, without credentials. Default none (loopback and LAN need none); at most 16.
+    pub ice_servers: Vec<String>,
+    /// Meetings: TURN URLs (`turn:`, `turns:`) of servers sharing `turn_secret`. At most 16.
+    pub turn_urls: Vec<String>,
+    /// Meetings: the TURN servers' shared secret (their `static-auth-secret`), at least 16
+    /// bytes. When set, each join reply carries time-limited credentials for `turn_urls`.
+    /// Default none.
+    pub turn_secret: Option<String>,
+    /// Meetings: lifetime of minted TURN credentials, in seconds. Default 86,400; 60 to 604,800.
+    pub turn_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -136,6 +155,13 @@ impl Default for Config {
             doc_max_bytes: 16 << 20,
             doc_compact_updates: 500,
             doc_idle_ms: 30_000,
+            meetings_auto_create: true,
+            meeting_grace_ms: 20_000,
+            meeting_max_participants: 50,
+            ice_servers: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl_secs: 86_400,
         }
     }
 }
@@ -263,6 +289,28 @@ impl Config {
             1_000_000,
         )?;
         in_range("doc_idle_ms", self.doc_idle_ms, 0, 86_400_000)?;
+        in_range("meeting_grace_ms", self.meeting_grace_ms, 0, 3_600_000)?;
+        in_range(
+            "meeting_max_participants",
+            self.meeting_max_participants as u64,
+            2,
+            1_000,
+        )?;
+        in_range("turn_ttl_secs", self.turn_ttl_secs, 60, 604_800)?;
+        check_urls(
+            "ice_servers",
+            &self.ice_servers,
+            &["stun:", "stuns:", "turn:", "turns:"],
+        )?;
+        check_urls("turn_urls", &self.turn_urls, &["turn:", "turns:"])?;
+        if let Some(secret) = &self.turn_secret {
+            if secret.len() < 16 {
+                bail!("turn_secret must be at least 16 bytes");
+            }
+            if self.turn_urls.is_empty() {
+                bail!("turn_secret needs turn_urls");
+            }
+        }
         if let Some(secret) = &self.secret
             && secret.len() < crate::auth::MIN_SECRET_LEN
         {
@@ -325,14 +373,45 @@ impl Config {
         }
     }
 
+    /// The meeting core's configuration.
+    pub fn meeting(&self) -> signaling::Config {
+        signaling::Config {
+            grace_ms: self.meeting_grace_ms,
+            max_participants: self.meeting_max_participants,
+        }
+    }
+
     /// The config as TOML, for `--print-config`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.secret.is_some() {
             shown.secret = Some("<redacted>".into());
         }
+        if shown.turn_secret.is_some() {
+            shown.turn_secret = Some("<redacted>".into());
+        }
         toml::to_string(&shown).expect("the config serializes to TOML")
     }
+}
+
+/// At most 16 URLs, each with one of `schemes` and no whitespace.
+fn check_urls(name: &str, urls: &[String], schemes: &[&str]) -> anyhow::Result<()> {
+    if urls.len() > 16 {
+        bail!("{name} lists at most 16 URLs");
+    }
+    for url in urls {
+        let scheme = schemes.iter().find(|s| url.starts_with(**s));
+        if scheme.is_none_or(|s| url.len() == s.len())
+            || url.len() > 512
+            || url.contains(char::is_whitespace)
+        {
+            bail!(
+                "{name}: `{url}` is not a URL starting with one of {}",
+                schemes.join(" ")
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -366,6 +445,10 @@ mod tests {
             "listen = \"nowhere\"",
             "presence_flush_ms = 0",
             "presence_grace_ms = 700000",
+            "meeting_max_participants = 1",
+            "ice_servers = [\"http://example.test\"]",
+            "turn_urls = [\"stun:example.test\"]",
+            "turn_secret = \"0123456789abcdef\"",
         ] {
             std::fs::write(&file, bad).unwrap();
             assert!(Config::load(Some(&file), ()).is_err(), "{bad}");

@@ -6,6 +6,7 @@ use crate::access::Action;
 use crate::channel::ChannelRef;
 use crate::docs::session::OpenDocs;
 use crate::hub::{Batch, CloseReason, Outbox};
+use crate::meetings::session::OpenMeetings;
 use crate::metrics::{Transport, TransportMetrics};
 use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, encode_server};
 use crate::server::Shared;
@@ -140,12 +141,14 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             mailbox,
             registered: None,
             docs: OpenDocs::default(),
+            meetings: OpenMeetings::default(),
         };
         conn.read_loop(reader, &metrics).await;
         for channel in conn.session.subscriptions() {
             shared.hub.unsubscribe(channel, id);
         }
         std::mem::take(&mut conn.docs).close_all().await;
+        std::mem::take(&mut conn.meetings).close_all(id).await;
         if let Some(user) = &conn.registered {
             shared.users.unregister(user, id);
             Box::pin(shared.presence.disconnect(id)).await;
@@ -172,6 +175,8 @@ struct Conn {
     registered: Option<String>,
     /// The documents this session has open (`doc.*`).
     docs: OpenDocs,
+    /// The meetings this session is in (`meeting.*`).
+    meetings: OpenMeetings,
 }
 
 impl Conn {
@@ -246,10 +251,12 @@ impl Conn {
             self.shared.hub.unsubscribe(&channel, self.session.id());
             self.session.revoke(&channel, ErrorCode::Forbidden, reason);
         }
+        self.meetings.revoke_space(self.session.id(), space);
     }
 
     /// End the subscription to `channel`, if any.
     fn revoke_channel(&mut self, channel: &str, reason: &str) {
+        self.meetings.revoke_channel(self.session.id(), channel);
         if self.session.subscriptions().any(|c| c == channel) {
             self.shared.hub.unsubscribe(channel, self.session.id());
             self.session.revoke(channel, ErrorCode::Forbidden, reason);
@@ -296,6 +303,23 @@ impl Conn {
                     );
                     if let Err(e) = Box::pin(done).await {
                         self.send(&ServerFrame::error(Some(id), e.code, e.message));
+                    }
+                }
+                // The meeting's task queues the reply itself, before the frames that follow it.
+                Output::Execute(ClientFrame::Meeting(request)) => {
+                    let id = request.id();
+                    let claims = self
+                        .session
+                        .claims()
+                        .expect("requests run on ready sessions")
+                        .clone();
+                    let conn = self.session.id();
+                    let done =
+                        (self.meetings).execute(&self.shared, &claims, conn, &self.outbox, request);
+                    match Box::pin(done).await {
+                        Ok(None) => {}
+                        Ok(Some(result)) => self.send(&ServerFrame::reply(id, result)),
+                        Err(e) => self.send(&ServerFrame::error(Some(id), e.code, e.message)),
                     }
                 }
                 // Submitting one waits until it is decided or queued in the store, so a room's
@@ -408,6 +432,7 @@ impl Conn {
             }
             ClientFrame::Presence(_) => unreachable!("drain_outputs hands these to presence"),
             ClientFrame::Chat(_) => unreachable!("drain_outputs submits these"),
+            ClientFrame::Meeting(_) => unreachable!("drain_outputs hands these to meetings"),
         })
     }
 }

@@ -40,6 +40,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/publish", post(publish))
         .merge(documented())
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError(ServiceError::new(ErrorCode::NotFound, "no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(
             shared.config.max_frame_bytes,

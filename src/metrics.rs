@@ -52,6 +52,22 @@ pub struct Metrics {
     pub publish_to_write: Histogram,
     pub presence: PresenceMetrics,
     pub docs: DocMetrics,
+    pub meetings: MeetingMetrics,
+}
+
+/// What the meetings report.
+#[derive(Clone, Default)]
+pub struct MeetingMetrics {
+    /// Meetings live (with a task).
+    pub open: Gauge,
+    /// Active and reconnecting participants over all meetings.
+    pub participants: Gauge,
+    /// Joins accepted (resumes included).
+    pub joins: Counter,
+    /// Signals (offers, answers, candidates) relayed.
+    pub signals: Counter,
+    /// Data messages relayed.
+    pub data: Counter,
 }
 
 /// What the co-edited documents report.
@@ -127,6 +143,7 @@ impl Metrics {
             publish_to_write: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             presence: PresenceMetrics::default(),
             docs: DocMetrics::default(),
+            meetings: MeetingMetrics::default(),
             registry: Registry::default(),
         };
         let d = &metrics.docs;
@@ -149,6 +166,20 @@ impl Metrics {
                 "Documents compacted into a snapshot",
                 &d.compactions,
             ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        let m = &metrics.meetings;
+        registry.register("meetings_open", "Meetings live", m.open.clone());
+        registry.register(
+            "meetings_participants",
+            "Active and reconnecting meeting participants",
+            m.participants.clone(),
+        );
+        for (name, help, counter) in [
+            ("meetings_joins", "Meeting joins accepted", &m.joins),
+            ("meetings_signals", "Meeting signals relayed", &m.signals),
+            ("meetings_data", "Meeting data messages relayed", &m.data),
         ] {
             registry.register(name, help, counter.clone());
         }

@@ -9,6 +9,7 @@ use crate::chat::Chat;
 use crate::config::Config;
 use crate::docs::Docs;
 use crate::hub::Hub;
+use crate::meetings::Meetings;
 use crate::metrics::Metrics;
 use crate::presence_service::PresenceService;
 use crate::protocol::{ErrorCode, SpaceRequest};
@@ -42,6 +43,8 @@ pub struct Shared {
     pub chat: Chat,
     /// Co-edited documents open now.
     pub docs: Docs,
+    /// Live meetings, one task each.
+    pub meetings: Meetings,
     pub metrics: Arc<Metrics>,
     /// Fires when the server starts shutting down.
     pub shutdown: CancellationToken,
@@ -233,7 +236,15 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         shutdown.clone(),
         tasks.clone(),
     );
+    let meetings = Meetings::new(
+        config.meeting(),
+        metrics.clone(),
+        presence.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
     Ok(Arc::new(Shared {
+        meetings,
         bus: Arc::new(LocalBus::new(hub.clone())),
         hub,
         spaces,

@@ -246,6 +246,20 @@ impl Chat {
             .map(drop)
     }
 
+    /// Whether `claims` may manage room `room` of `space` (its owners and the space's
+    /// managers): a meeting's admins.
+    pub async fn authorize_manage(
+        &self,
+        spaces: &Spaces,
+        claims: &Claims,
+        space: &str,
+        room: &str,
+    ) -> Result<(), ServiceError> {
+        self.check(spaces, claims, space, room, RoomAction::Manage)
+            .await
+            .map(drop)
+    }
+
     /// `execute` in two steps, for callers that keep several requests in flight: returns once
     /// the request is decided or, for `chat.send`, queued in the store, so that sends submitted
     /// one after another get offsets in that order; the `Acknowledgement` then resolves to the

@@ -1,6 +1,6 @@
 use super::{
-    ChatRequest, ClientFrame, DocRequest, ErrorCode, PresenceRequest, RequestId, ServerFrame,
-    SpaceRequest,
+    ChatRequest, ClientFrame, DocRequest, ErrorCode, MeetingRequest, PresenceRequest, RequestId,
+    ServerFrame, SpaceRequest,
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,7 @@ const SERVICES: &[(&[&str], Explain)] = &[
     (PresenceRequest::TYPES, explain::<PresenceRequest>),
     (ChatRequest::TYPES, explain::<ChatRequest>),
     (DocRequest::TYPES, explain::<DocRequest>),
+    (MeetingRequest::TYPES, explain::<MeetingRequest>),
 ];
 
 /// Whether `kind` is a frame type this server knows.
@@ -114,6 +115,7 @@ pub fn decode_client(frame: &[u8], max_len: usize) -> Result<ClientFrame, Decode
         Some(("presence", _)) => parse(frame, encoding).map(ClientFrame::Presence),
         Some(("chat", _)) => parse(frame, encoding).map(ClientFrame::Chat),
         Some(("doc", _)) => parse(frame, encoding).map(ClientFrame::Doc),
+        Some(("meeting", _)) => parse(frame, encoding).map(ClientFrame::Meeting),
         _ => parse(frame, encoding),
     };
     let detail = match parsed {
@@ -382,6 +384,14 @@ mod tests {
             json!({"type": "doc.create", "id": 1}),
             json!({"type": "doc.list", "id": 1, "space": "s"}),
             json!({"type": "doc.delete", "id": 1, "doc": "d"}),
+            json!({"type": "meeting.join", "id": 1, "room": "r"}),
+            json!({"type": "meeting.publish", "id": 1, "room": "r", "cid": "c", "kind": "audio", "source": "microphone"}),
+            json!({"type": "meeting.unpublish", "id": 1, "room": "r", "track": "t"}),
+            json!({"type": "meeting.signal", "id": 1, "room": "r", "to": "p", "kind": "offer", "sdp": "v=0"}),
+            json!({"type": "meeting.mute", "id": 1, "room": "r", "track": "t", "muted": true}),
+            json!({"type": "meeting.remove", "id": 1, "room": "r", "participant": "p"}),
+            json!({"type": "meeting.data", "id": 1, "room": "r", "payload": "x"}),
+            json!({"type": "meeting.leave", "id": 1, "room": "r"}),
         ]
     }
 

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The session sent more frames per second than allowed; the frame was dropped.
     RateLimited,
+    /// A bound of the resource was reached (a full meeting, too many tracks).
+    LimitExceeded,
     /// The server holds the maximum number of connections.
     TooManyConnections,
     /// The client fell so far behind that its outbound queue overflowed; reconnect and
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Timeout => "timeout",
@@ -88,7 +91,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists | ErrorCode::AlreadySubscribed => 409,
             ErrorCode::FrameTooLarge => 413,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::LimitExceeded => 429,
             ErrorCode::TooManyConnections | ErrorCode::ShuttingDown => 503,
             ErrorCode::Internal => 500,
             _ => 400,

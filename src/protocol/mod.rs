@@ -7,11 +7,13 @@ mod codec;
 pub mod docs;
 mod error;
 pub mod framing;
+pub mod meeting;
 pub mod presence;
 mod space;
 
 pub use chat::ChatRequest;
 pub use docs::{DocData, DocRequest};
+pub use meeting::{MeetingFrame, MeetingRequest};
 pub use presence::PresenceRequest;
 pub use space::SpaceRequest;
 
@@ -83,6 +85,8 @@ pub enum ClientFrame {
     Chat(ChatRequest),
     #[serde(untagged)]
     Doc(DocRequest),
+    #[serde(untagged)]
+    Meeting(MeetingRequest),
 }
 
 impl ClientFrame {
@@ -99,6 +103,7 @@ impl ClientFrame {
             ClientFrame::Presence(request) => Some(request.id()),
             ClientFrame::Chat(request) => Some(request.id()),
             ClientFrame::Doc(request) => Some(request.id()),
+            ClientFrame::Meeting(request) => Some(request.id()),
         }
     }
 }
@@ -157,6 +162,10 @@ pub enum ServerFrame {
         message: String,
         reconnect: bool,
     },
+    /// A meeting's frames (`meeting.participants`, `meeting.signal`, …), each with its own
+    /// `type`.
+    #[serde(untagged)]
+    Meeting(MeetingFrame),
 }
 
 impl ServerFrame {

@@ -6,6 +6,8 @@ mod chat;
 mod cli;
 mod docs;
 mod fanout;
+mod meet_browser;
+mod meetings;
 mod presence;
 mod session;
 mod tidy;

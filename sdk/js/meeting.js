@@ -1,0 +1,665 @@
+// Chorus meetings in the browser (docs/protocol.md, section 15), mesh mode: every participant
+// holds one RTCPeerConnection with every other and sends its media to each directly. The
+// session protocol carries the signalling (`meeting.signal`: offers, answers, trickle ICE), the
+// participant list with its tracks (`meeting.participants`) and admin actions.
+//
+// Negotiation is "perfect negotiation" per pair: either side may offer at any time; on a
+// collision the polite peer (the one whose sid compares greater) rolls back and answers, the
+// impolite one ignores the other's offer.
+//
+// Matching remote media to tracks. A receiver's MediaStreamTrack id is not the sender's, but
+// the remote description keeps, per m-section, `a=msid:<stream id> <track id>` with the sender's
+// MediaStreamTrack id, which is the `cid` the sender published. After every remote description
+// the SDK maps each transceiver's `mid` to that track id, keeps those whose remote direction
+// sends (sendrecv/sendonly), and pairs them with the participant's published tracks by `cid`.
+// A track is reported (`track` event) once both the media and the published track are known,
+// whichever comes first, and ended (`track-ended`) when either goes.
+//
+// Plain ES module, no dependencies.
+
+import { ChorusError, Emitter } from "./chorus.js";
+
+/** Track sources a participant may publish. */
+export const SOURCES = Object.freeze(["camera", "microphone", "screen_share", "screen_share_audio"]);
+
+/**
+ * The media sections of an SDP: `{mid, kind, direction, streamId, trackId}` per `m=` line.
+ * The direction defaults to the session-level one, then to `sendrecv` (RFC 8866).
+ * @param {string} sdp
+ * @returns {Array<{mid: string|null, kind: string, direction: string, streamId: string|null, trackId: string|null}>}
+ */
+export function parseSdpMedia(sdp) {
+  const directions = new Set(["sendrecv", "sendonly", "recvonly", "inactive"]);
+  const sections = [];
+  let sessionDirection = "sendrecv";
+  let current = null;
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line.startsWith("m=")) {
+      current = { mid: null, kind: line.slice(2).split(" ")[0], direction: null, streamId: null, trackId: null };
+      sections.push(current);
+    } else if (line.startsWith("a=")) {
+      const attr = line.slice(2);
+      if (directions.has(attr)) {
+        if (current) current.direction = attr;
+        else sessionDirection = attr;
+      } else if (current && attr.startsWith("mid:")) {
+        current.mid = attr.slice(4);
+      } else if (current && attr.startsWith("msid:")) {
+        const [streamId, trackId] = attr.slice(5).split(" ");
+        current.streamId = streamId ?? null;
+        current.trackId = trackId ?? null;
+      }
+    }
+  }
+  for (const s of sections) s.direction ??= sessionDirection;
+  return sections;
+}
+
+function sends(direction) {
+  return direction === "sendrecv" || direction === "sendonly";
+}
+
+// Which stream a local track is sent in: camera and microphone together (so the receiver can
+// keep them in sync), a screen share and its audio together.
+function streamGroup(source) {
+  return source === "screen_share" || source === "screen_share_audio" ? "screen" : "camera";
+}
+
+/**
+ * A meeting in one room, joined through a connected `Client`.
+ *
+ * Events (`meeting.on(type, fn)`):
+ * - `joined` ({participant, participants, grants}): the join (or a resume) succeeded;
+ * - `participant` ({participant, previous}): another participant joined or changed (state,
+ *   name, tracks, mute);
+ * - `participant-left` ({participant}): another participant left;
+ * - `self` ({participant}): the server's view of this participant changed;
+ * - `track` ({participant, track, mediaTrack}): a remote track's media arrived; `track` is the
+ *   published Track (`sid`, `cid`, `kind`, `source`, `muted`), `mediaTrack` its MediaStreamTrack;
+ * - `track-ended` ({participant, track, mediaTrack}): that media went (unpublished, left);
+ * - `data` ({from, payload, topic}): a `sendData` message from participant `from`;
+ * - `muted` ({track, mediaTrack, muted, by}): an admin muted one of this participant's tracks
+ *   (it is muted locally already);
+ * - `left` ({reason, by}): this participant is out of the meeting (`leave()` gives `left`);
+ * - `connection` ({state}): `reconnecting` while the session is lost, `joined` once back;
+ * - `peer-state` ({participant, state}): a peer connection's `connectionState` changed;
+ * - `error` ({error, context}): a failure outside any call (signalling, resume).
+ */
+export class Meeting extends Emitter {
+  /**
+   * @param {import("./chorus.js").Client} client a client (connected before `join`)
+   * @param {object} options
+   * @param {string} options.room the room id
+   * @param {string} [options.space] the space (default: the caller's organisation home space)
+   * @param {string} [options.name] display name (default: the token's name or user id)
+   */
+  constructor(client, options) {
+    super();
+    if (!options?.room) throw new ChorusError("invalid_request", "a room is required");
+    this.client = client;
+    this.room = options.room;
+    this.space = options.space;
+    this.name = options.name;
+    /** This participant as the server sees it (`sid`, `tracks`, ...), once joined. */
+    this.self = null;
+    /** The other participants by sid (active or reconnecting). */
+    this.participants = new Map();
+    /** `{publish, subscribe, data, admin}` from the join reply. */
+    this.grants = null;
+    /** ICE servers from the join reply, in RTCPeerConnection form. */
+    this.iceServers = [];
+    /** `idle` | `joining` | `joined` | `reconnecting` | `left` */
+    this.state = "idle";
+  }
+
+  #peers = new Map(); // sid -> Peer
+  #local = new Map(); // track sid -> {track, meta, stream}
+  #streams = new Map(); // stream group -> MediaStream (the msid carried to peers)
+  #unlisten = [];
+  #outbox = []; // signals made while the session is lost, sent once the participant is resumed
+
+  /**
+   * Join the meeting. Creates the room when the server allows it (`meetings_auto_create`).
+   * @returns {Promise<object>} the join reply (`participant`, `participants`, `grants`, ...)
+   * @throws {ChorusError} e.g. `not_found` (no such room or space), `limit_exceeded` (full)
+   */
+  async join() {
+    if (this.state === "joining" || this.state === "joined") {
+      throw new ChorusError("invalid_request", "already joined");
+    }
+    this.state = "joining";
+    this.#listen();
+    try {
+      const reply = await this.client.request("meeting.join", this.#fields({ name: this.name }));
+      this.#applyJoin(reply);
+      return reply;
+    } catch (e) {
+      this.#teardown();
+      this.state = "idle";
+      throw e;
+    }
+  }
+
+  /**
+   * Publish a local track and send it to every peer.
+   * @param {MediaStreamTrack} track
+   * @param {string} source one of `SOURCES`
+   * @param {{muted?: boolean}} [options]
+   * @returns {Promise<object>} the published Track
+   * @throws {ChorusError} `forbidden` without the publish grant, `limit_exceeded` past 8 tracks
+   */
+  async publish(track, source, options = {}) {
+    this.#requireJoined();
+    if (!SOURCES.includes(source)) throw new ChorusError("invalid_request", `unknown source \`${source}\``);
+    const muted = Boolean(options.muted);
+    const { track: meta } = await this.client.request(
+      "meeting.publish",
+      this.#fields({ cid: track.id, kind: track.kind, source, muted }),
+    );
+    const group = streamGroup(source);
+    if (!this.#streams.has(group)) this.#streams.set(group, new MediaStream());
+    const entry = { track, meta, stream: this.#streams.get(group) };
+    track.enabled = !muted;
+    this.#local.set(meta.sid, entry);
+    for (const peer of this.#peers.values()) peer.addLocal(entry);
+    return meta;
+  }
+
+  /**
+   * Stop sending a published track (the MediaStreamTrack itself is left running).
+   * @param {MediaStreamTrack | string} track the track or its Track sid
+   */
+  async unpublish(track) {
+    const entry = this.#entry(track);
+    this.#local.delete(entry.meta.sid);
+    for (const peer of this.#peers.values()) peer.removeLocal(entry);
+    if (this.state === "joined") {
+      await this.client.request("meeting.unpublish", this.#fields({ track: entry.meta.sid }));
+    }
+  }
+
+  /**
+   * Mute or unmute a published track: it stops sending media (`enabled = false`) and the others
+   * see `muted` on its Track.
+   * @param {MediaStreamTrack | string} track the track or its Track sid
+   * @param {boolean} muted
+   * @returns {Promise<object>} the updated Track
+   */
+  async setMuted(track, muted) {
+    this.#requireJoined();
+    const entry = this.#entry(track);
+    entry.track.enabled = !muted;
+    let reply;
+    try {
+      reply = await this.client.request("meeting.mute", this.#fields({ track: entry.meta.sid, muted }));
+    } catch (e) {
+      entry.track.enabled = !entry.meta.muted; // as the others still see it
+      throw e;
+    }
+    entry.meta = reply.track;
+    return reply.track;
+  }
+
+  /**
+   * Admin: mute another participant's track (they cannot be unmuted by an admin).
+   * @param {string} participant the participant's sid
+   * @param {string} track the Track sid
+   */
+  async muteParticipant(participant, track) {
+    this.#requireJoined();
+    return (await this.client.request("meeting.mute", this.#fields({ participant, track, muted: true }))).track;
+  }
+
+  /** Admin: remove another participant from the meeting. */
+  async removeParticipant(participant) {
+    this.#requireJoined();
+    await this.client.request("meeting.remove", this.#fields({ participant }));
+  }
+
+  /**
+   * Send a data message through the server to every other active participant, or to `to`.
+   * @param {string} payload at most 16 KiB
+   * @param {{topic?: string, to?: string[]}} [options]
+   * @throws {ChorusError} `forbidden` without the data grant, `not_found` for a `to` not here
+   */
+  async sendData(payload, options = {}) {
+    this.#requireJoined();
+    await this.client.request("meeting.data", this.#fields({ payload, topic: options.topic, to: options.to }));
+  }
+
+  /** This participant's published local tracks: `[{track, meta}]`. */
+  localTracks() {
+    return [...this.#local.values()].map(({ track, meta }) => ({ track, meta }));
+  }
+
+  /** The remote tracks received so far: `[{participant, track, mediaTrack}]`. */
+  remoteTracks() {
+    const out = [];
+    for (const peer of this.#peers.values()) {
+      for (const live of peer.live.values()) {
+        out.push({ participant: this.participants.get(peer.sid) ?? null, track: live.meta, mediaTrack: live.mediaTrack });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * WebRTC statistics of the connection with one participant (`RTCStatsReport`), or null.
+   * @param {string} participant the participant's sid
+   */
+  async getStats(participant) {
+    const peer = this.#peers.get(participant);
+    return peer ? peer.pc.getStats() : null;
+  }
+
+  /**
+   * Leave the meeting and close every peer connection. Local tracks keep running.
+   * @param {string} [reason]
+   */
+  async leave(reason) {
+    if (this.state === "left" || this.state === "idle") return;
+    const wasJoined = this.state === "joined";
+    this.#teardown();
+    this.state = "left";
+    try {
+      if (wasJoined) await this.client.request("meeting.leave", this.#fields(reason ? { reason } : {}));
+    } finally {
+      this.emit("left", { reason: "left", by: this.self?.sid });
+    }
+  }
+
+  // ---- internals
+
+  #fields(extra) {
+    const fields = { room: this.room, ...extra };
+    if (this.space) fields.space = this.space;
+    for (const [k, v] of Object.entries(fields)) if (v === undefined) delete fields[k];
+    return fields;
+  }
+
+  #requireJoined() {
+    if (this.state !== "joined") throw new ChorusError("invalid_request", `not in the meeting (${this.state})`);
+  }
+
+  #entry(track) {
+    const sid = typeof track === "string" ? track : [...this.#local.values()].find((e) => e.track === track)?.meta.sid;
+    const entry = sid && this.#local.get(sid);
+    if (!entry) throw new ChorusError("not_found", "that track is not published");
+    return entry;
+  }
+
+  #ours(frame) {
+    return frame.room === this.room && (!this.space || frame.space === this.space);
+  }
+
+  #listen() {
+    const c = this.client;
+    this.#unlisten.push(
+      c.on("meeting.participants", (f) => this.#ours(f) && this.#onParticipants(f)),
+      c.on("meeting.signal", (f) => this.#ours(f) && this.#onSignal(f)),
+      c.on("meeting.muted", (f) => this.#ours(f) && this.#onMuted(f)),
+      c.on("meeting.data", (f) => {
+        if (this.#ours(f) && this.state === "joined") {
+          this.emit("data", { from: f.from, payload: f.payload, topic: f.topic });
+        }
+      }),
+      c.on("meeting.left", (f) => this.#ours(f) && this.#onLeft(f)),
+      c.on("close", () => {
+        if (this.state === "joined") {
+          this.state = "reconnecting";
+          this.emit("connection", { state: "reconnecting" });
+        }
+      }),
+      c.on("reconnected", () => {
+        if (this.state === "reconnecting") this.#resume();
+      }),
+    );
+  }
+
+  #applyJoin(reply) {
+    this.space = reply.space;
+    this.room = reply.room;
+    this.self = reply.participant;
+    this.grants = reply.grants;
+    this.iceServers = (reply.ice_servers ?? []).map((s) => ({
+      urls: s.urls,
+      ...(s.username !== undefined ? { username: s.username } : {}),
+      ...(s.credential !== undefined ? { credential: s.credential } : {}),
+    }));
+    this.state = "joined";
+    const present = new Set(reply.participants.map((p) => p.sid));
+    for (const [sid, p] of [...this.participants]) {
+      if (!present.has(sid)) this.#removeParticipant({ ...p, state: "left" });
+    }
+    for (const p of reply.participants) this.#upsert(p, true);
+    this.emit("joined", {
+      participant: this.self,
+      participants: [...this.participants.values()],
+      grants: this.grants,
+    });
+  }
+
+  async #resume() {
+    const previous = this.self?.sid;
+    let reply;
+    try {
+      reply = await this.client.request("meeting.join", this.#fields({ name: this.name, resume: previous }));
+    } catch (e) {
+      if (e.code === "closed" || e.code === "timeout") return; // the next reconnection retries
+      try {
+        reply = await this.client.request("meeting.join", this.#fields({ name: this.name }));
+      } catch (e2) {
+        this.emit("error", { error: e2, context: "resume" });
+        return;
+      }
+    }
+    const outbox = this.#outbox.splice(0);
+    if (reply.participant.sid !== previous) {
+      // A new participant: the others see a newcomer, so start every peer afresh and publish
+      // the local tracks again.
+      for (const sid of [...this.#peers.keys()]) this.#closePeer(sid);
+      const local = [...this.#local.values()];
+      this.#local.clear();
+      this.#applyJoin(reply);
+      for (const { track, meta } of local) {
+        try {
+          await this.publish(track, meta.source, { muted: meta.muted });
+        } catch (e) {
+          this.emit("error", { error: e, context: "republish" });
+        }
+      }
+    } else {
+      this.#applyJoin(reply);
+      for (const [to, kind, fields] of outbox) if (this.#peers.has(to)) this.signal(to, kind, fields);
+      // The network may have changed with the session: renegotiate with fresh ICE.
+      for (const peer of this.#peers.values()) peer.pc.restartIce();
+    }
+    this.emit("connection", { state: "joined" });
+  }
+
+  #onParticipants(frame) {
+    if (this.state !== "joined" && this.state !== "reconnecting") return;
+    for (const p of frame.participants) this.#upsert(p, false);
+  }
+
+  #upsert(p, fromJoin) {
+    if (p.sid === this.self?.sid) {
+      if (p.version >= (this.self.version ?? 0)) {
+        this.self = p;
+        this.emit("self", { participant: p });
+      }
+      return;
+    }
+    const previous = this.participants.get(p.sid);
+    if (previous && previous.version > p.version) return; // stale
+    if (p.state === "left") {
+      if (previous) this.#removeParticipant(p);
+      return;
+    }
+    this.participants.set(p.sid, p);
+    let peer = this.#peers.get(p.sid);
+    if (!peer && p.state === "active") peer = this.#createPeer(p.sid);
+    if (!fromJoin || !previous || previous.version !== p.version) {
+      this.emit("participant", { participant: p, previous: previous ?? null });
+    }
+    if (peer) this.#syncRemote(peer);
+  }
+
+  #removeParticipant(p) {
+    this.participants.delete(p.sid);
+    this.#closePeer(p.sid);
+    this.emit("participant-left", { participant: p });
+  }
+
+  #createPeer(sid) {
+    const polite = this.self.sid > sid;
+    const peer = new Peer(this, sid, polite);
+    this.#peers.set(sid, peer);
+    for (const entry of this.#local.values()) peer.addLocal(entry);
+    return peer;
+  }
+
+  #closePeer(sid) {
+    const peer = this.#peers.get(sid);
+    if (!peer) return;
+    this.#peers.delete(sid);
+    const participant = this.participants.get(sid) ?? { sid };
+    for (const live of peer.live.values()) {
+      this.emit("track-ended", { participant, track: live.meta, mediaTrack: live.mediaTrack });
+    }
+    peer.live.clear();
+    peer.close();
+  }
+
+  #onSignal(frame) {
+    if (this.state !== "joined") return;
+    let peer = this.#peers.get(frame.from);
+    // The offer may come before the participant list names its sender.
+    if (!peer) peer = this.#createPeer(frame.from);
+    peer.handleSignal(frame);
+  }
+
+  #onMuted(frame) {
+    const entry = this.#local.get(frame.track);
+    if (!entry) return;
+    entry.track.enabled = !frame.muted;
+    entry.meta = { ...entry.meta, muted: frame.muted };
+    this.emit("muted", { track: entry.meta, mediaTrack: entry.track, muted: frame.muted, by: frame.by });
+  }
+
+  #onLeft(frame) {
+    if (this.state === "left" || this.state === "idle") return;
+    this.#teardown();
+    this.state = "left";
+    this.emit("left", { reason: frame.reason, by: frame.by });
+  }
+
+  #teardown() {
+    this.#outbox = [];
+    this.#local.clear();
+    this.#streams.clear();
+    for (const sid of [...this.#peers.keys()]) this.#closePeer(sid);
+    for (const off of this.#unlisten) off();
+    this.#unlisten = [];
+  }
+
+  /** @internal Send a signalling message to `to`; failures are reported as `error` events. */
+  signal(to, kind, fields) {
+    if (this.state === "reconnecting") {
+      // Kept for the resumed participant (same sid, same peer connections); bounded, as ICE
+      // is restarted after the resume anyway.
+      if (this.#outbox.length < 256) this.#outbox.push([to, kind, fields]);
+      return;
+    }
+    if (this.state !== "joined") return;
+    this.client.request("meeting.signal", this.#fields({ to, kind, ...fields })).catch((error) => {
+      // The participant left meanwhile: its peer goes with the next participant update.
+      if (error.code === "not_found" || error.code === "closed") return;
+      this.emit("error", { error, context: `signal ${kind}` });
+    });
+  }
+
+  /** Recompute which remote tracks a peer's media carries; called after each change. */
+  #syncRemote(peer) {
+    const participant = this.participants.get(peer.sid);
+    const published = new Map((participant?.tracks ?? []).map((t) => [t.cid, t]));
+    const now = new Map(); // track sid -> {meta, mediaTrack}
+    const remote = peer.pc.remoteDescription;
+    if (remote && participant && participant.state !== "left") {
+      const byMid = new Map(parseSdpMedia(remote.sdp).map((m) => [m.mid, m]));
+      for (const transceiver of peer.pc.getTransceivers()) {
+        const m = transceiver.mid !== null ? byMid.get(transceiver.mid) : undefined;
+        if (!m || !m.trackId || !sends(m.direction)) continue;
+        const meta = published.get(m.trackId);
+        if (meta) now.set(meta.sid, { meta, mediaTrack: transceiver.receiver.track });
+      }
+    }
+    const who = participant ?? { sid: peer.sid };
+    for (const [sid, live] of [...peer.live]) {
+      const next = now.get(sid);
+      if (!next || next.mediaTrack !== live.mediaTrack) {
+        peer.live.delete(sid);
+        this.emit("track-ended", { participant: who, track: live.meta, mediaTrack: live.mediaTrack });
+      }
+    }
+    for (const [sid, next] of now) {
+      const live = peer.live.get(sid);
+      if (live) {
+        live.meta = next.meta; // mute state etc.; the participant event tells it
+      } else {
+        peer.live.set(sid, next);
+        this.emit("track", { participant: who, track: next.meta, mediaTrack: next.mediaTrack });
+      }
+    }
+  }
+
+  /** @internal called by a peer after it applied a remote description */
+  remoteChanged(peer) {
+    if (this.#peers.get(peer.sid) === peer) this.#syncRemote(peer);
+  }
+}
+
+/** The connection with one other participant (internal). */
+class Peer {
+  constructor(meeting, sid, polite) {
+    this.meeting = meeting;
+    this.sid = sid;
+    this.polite = polite;
+    this.pc = new RTCPeerConnection({ iceServers: meeting.iceServers });
+    this.live = new Map(); // track sid -> {meta, mediaTrack}
+    this.transceivers = new Map(); // local track sid -> the RTCRtpTransceiver sending it
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.queuedCandidates = [];
+    this.chain = Promise.resolve();
+    this.closed = false;
+
+    const pc = this.pc;
+    pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        this.fitDirections();
+        await pc.setLocalDescription();
+        if (pc.localDescription.type === "offer") {
+          meeting.signal(sid, "offer", { sdp: pc.localDescription.sdp });
+        }
+      } catch (error) {
+        if (!this.closed) meeting.emit("error", { error, context: "offer" });
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (!candidate || !candidate.candidate) {
+        meeting.signal(sid, "candidate", { candidate: null });
+        return;
+      }
+      const c = { candidate: candidate.candidate };
+      if (candidate.sdpMid !== null) c.sdp_mid = candidate.sdpMid;
+      if (candidate.sdpMLineIndex !== null) c.sdp_mline_index = candidate.sdpMLineIndex;
+      if (candidate.usernameFragment) c.username_fragment = candidate.usernameFragment;
+      meeting.signal(sid, "candidate", { candidate: c });
+    };
+    pc.onconnectionstatechange = () => {
+      meeting.emit("peer-state", { participant: meeting.participants.get(sid) ?? { sid }, state: pc.connectionState });
+      if (pc.connectionState === "failed") pc.restartIce();
+    };
+    // Receivers come and go with descriptions; `remoteChanged` after each one is the source of
+    // truth, so `ontrack` only has to cover a track unmuting after its description.
+    pc.ontrack = () => meeting.remoteChanged(this);
+  }
+
+  // What a participant may send is bounded by its grants, and the server checks each SDP:
+  // without `publish` nothing is sent, without `subscribe` nothing is received.
+  fitDirections() {
+    const { publish, subscribe } = this.meeting.grants ?? { publish: true, subscribe: true };
+    for (const t of this.pc.getTransceivers()) {
+      if (t.direction === "stopped" || t.currentDirection === "stopped") continue;
+      let send = sends(t.direction) && publish;
+      let recv = (t.direction === "sendrecv" || t.direction === "recvonly") && subscribe;
+      const direction = send && recv ? "sendrecv" : send ? "sendonly" : recv ? "recvonly" : "inactive";
+      if (t.direction !== direction) t.direction = direction;
+    }
+  }
+
+  // Each published track gets a transceiver of its own, never a reused one: the `a=msid` line
+  // names the sender's id, which is the track's id only for a sender created with the track
+  // (`replaceTrack` into an old sender keeps the old id). An unpublished track's transceiver is
+  // stopped, which frees its m-section for reuse by a later transceiver.
+  addLocal(entry) {
+    if (this.closed || this.transceivers.has(entry.meta.sid)) return;
+    const { subscribe } = this.meeting.grants ?? { subscribe: true };
+    const transceiver = this.pc.addTransceiver(entry.track, {
+      direction: subscribe ? "sendrecv" : "sendonly",
+      streams: [entry.stream],
+    });
+    this.transceivers.set(entry.meta.sid, transceiver);
+  }
+
+  removeLocal(entry) {
+    const transceiver = this.transceivers.get(entry.meta.sid);
+    if (!transceiver || this.closed) return;
+    this.transceivers.delete(entry.meta.sid);
+    try {
+      transceiver.stop(); // renegotiates: the m-section is rejected, the remote track ends
+    } catch {
+      // the connection closed meanwhile
+    }
+  }
+
+  handleSignal(frame) {
+    // One signal at a time per peer, in arrival order.
+    this.chain = this.chain
+      .then(() => this.applySignal(frame))
+      .catch((error) => {
+        if (!this.closed) this.meeting.emit("error", { error, context: `signal ${frame.kind} from ${this.sid}` });
+      });
+  }
+
+  async applySignal(frame) {
+    if (this.closed) return;
+    const pc = this.pc;
+    if (frame.kind === "offer" || frame.kind === "answer") {
+      const collision = frame.kind === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+      this.ignoreOffer = !this.polite && collision;
+      if (this.ignoreOffer) return;
+      await pc.setRemoteDescription({ type: frame.kind, sdp: frame.sdp });
+      for (const c of this.queuedCandidates.splice(0)) await this.addCandidate(c);
+      this.meeting.remoteChanged(this);
+      if (frame.kind === "offer") {
+        this.fitDirections();
+        await pc.setLocalDescription();
+        this.meeting.signal(this.sid, "answer", { sdp: pc.localDescription.sdp });
+      }
+    } else if (frame.kind === "candidate") {
+      if (!pc.remoteDescription) {
+        if (this.queuedCandidates.length < 256) this.queuedCandidates.push(frame.candidate ?? null);
+        return;
+      }
+      await this.addCandidate(frame.candidate ?? null);
+    }
+  }
+
+  async addCandidate(c) {
+    try {
+      if (c === null) {
+        await this.pc.addIceCandidate(); // end of candidates
+        return;
+      }
+      await this.pc.addIceCandidate({
+        candidate: c.candidate,
+        sdpMid: c.sdp_mid ?? null,
+        sdpMLineIndex: c.sdp_mline_index ?? null,
+        usernameFragment: c.username_fragment ?? null,
+      });
+    } catch (error) {
+      // Candidates of an offer we ignored fail to apply; anything else is worth telling.
+      if (!this.ignoreOffer && c !== null) throw error;
+    }
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+}

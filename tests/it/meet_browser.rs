@@ -1,0 +1,177 @@
+//! The meeting page and the JS SDK in real headless Chromium (Debian's `/usr/bin/chromium`,
+//! driven by `playwright-core` pinned in `tests/browser/package.json`), with a fake camera and
+//! microphone, against a real server: the scenarios of `tests/browser/*.mjs`.
+//!
+//! Each test starts a server, mints tokens for alice, bob and carol of `acme` (default grants)
+//! and a subscribe-only `viewer`, and runs one scenario with `node`, its output shown on
+//! failure. `scripts/browser-deps.sh` (which `scripts/test.sh` runs) installs Chromium and the
+//! npm packages; without them these tests fail, they never skip.
+
+use crate::util::TestServer;
+use chorus::access::Grant;
+use chorus::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A bound on one scenario's run, far above what it needs: each of its waits is bounded by
+/// `MEET_TIMEOUT_MS` and it fails by itself well before this.
+const NODE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// One browser scenario at a time: each runs several pages encoding and decoding video, and
+/// two at once on a small machine would test the machine.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// Fail (never skip) when Chromium or the npm packages are missing.
+fn require_browser() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run scripts/browser-deps.sh (scripts/test.sh runs it), which \
+         installs Debian's chromium with apt-get"
+    );
+    let manifest = browser_dir().join("node_modules/playwright-core/package.json");
+    assert!(
+        manifest.exists(),
+        "{} is missing: run scripts/browser-deps.sh (scripts/test.sh runs it) to install the \
+         browser test packages from tests/browser/package-lock.json",
+        manifest.display()
+    );
+}
+
+/// A room id no other run uses.
+fn unique_room(scenario: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "it-{scenario}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
+}
+
+/// Start a server and run `node tests/browser/<script>` against it; panic with its output
+/// unless it exits 0.
+async fn scenario(script: &str) {
+    scenario_with(script, |_| {}, &[]).await;
+}
+
+/// The same with the server's config changed by `tweak` and `extra` environment variables.
+async fn scenario_with(
+    script: &str,
+    tweak: impl FnOnce(&mut Config),
+    extra: &[(&'static str, &str)],
+) {
+    require_browser();
+    let _one_at_a_time = BROWSER.lock().await;
+    let server = TestServer::with(tweak).await;
+    let env = [
+        ("MEET_BASE_URL", format!("http://{}", server.http)),
+        ("MEET_ROOM", unique_room(script.trim_end_matches(".mjs"))),
+        ("MEET_TOKEN_ALICE", server.token("alice", "acme")),
+        ("MEET_TOKEN_BOB", server.token("bob", "acme")),
+        ("MEET_TOKEN_CAROL", server.token("carol", "acme")),
+        (
+            "MEET_TOKEN_VIEWER",
+            server.token_with("viewer", "acme", &[Grant::Subscribe], 3600),
+        ),
+        ("MEET_TIMEOUT_MS", "20000".to_string()),
+        ("CHROMIUM", CHROMIUM.to_string()),
+    ];
+    let child = tokio::process::Command::new("node")
+        .current_dir(browser_dir())
+        .arg(script)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(extra.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `node` ({e}): install Node.js and run scripts/browser-deps.sh")
+        });
+    let out = match tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output()).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => panic!("node {script} did not finish within {NODE_TIMEOUT:?} (killed)"),
+    };
+    server.stop().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "node {script} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    print!("{stdout}");
+}
+
+/// The SDK's pure parts (SDP media parsing, the emitter, errors), in Node without a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_unit_tests() {
+    let out = tokio::process::Command::new("node")
+        .current_dir(browser_dir())
+        .args(["--test", "sdk-unit.mjs"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run `node` ({e}): install Node.js"));
+    assert!(
+        out.status.success(),
+        "node --test sdk-unit.mjs failed\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The page and the SDK's modules are served; the SDK opens a session; the fake camera gives
+/// frames; a bad token and a bad room id are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_basics() {
+    scenario("page-basics.mjs").await;
+}
+
+/// Three pages each decode the other two's video; data, mute, admin mute, screen share,
+/// leave and a closed tab show on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pages_meet() {
+    scenario("meeting.mjs").await;
+}
+
+/// Without the publish grant the page shows the refusal, and no media reaches the others,
+/// even from an offer sent around the SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_publish_grant_means_no_media() {
+    scenario("no-publish.mjs").await;
+}
+
+/// A dropped session shows as reconnecting, and resumes its participant within the grace
+/// period (same sid, media again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_resumes_the_participant() {
+    scenario("reconnect.mjs").await;
+}
+
+/// With no grace period the reconnected page joins as a new participant and publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_the_grace_joins_anew() {
+    scenario_with(
+        "reconnect.mjs",
+        |c| c.meeting_grace_ms = 0,
+        &[("MEET_EXPECT", "new")],
+    )
+    .await;
+}
+
+/// Without device permission, the decoding check fails: the checks above can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_control_without_devices() {
+    scenario("negative-control.mjs").await;
+}
