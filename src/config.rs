@@ -54,9 +54,6 @@ pub struct Config {
     pub client_timeout_ms: u64,
     /// Time to send `hello` after connecting, in milliseconds. Default 10,000.
     pub hello_timeout_ms: u64,
-    /// WebSocket read buffer per connection, in bytes. Small keeps idle connections cheap;
-    /// larger frames are read in several steps. Default 1 KiB.
-    pub ws_read_buffer: usize,
     /// Presence: a user whose devices all reported no activity for this long is away, in
     /// milliseconds. Default 300,000 (5 minutes); 100 to 86,400,000.
     pub presence_idle_timeout_ms: u64,
@@ -118,6 +115,25 @@ pub struct Config {
     pub turn_secret: Option<String>,
     /// Meetings: lifetime of minted TURN credentials, in seconds. Default 86,400; 60 to 604,800.
     pub turn_ttl_secs: u64,
+    /// Meetings: a new meeting forwards media through the server (SFU mode) when its space has
+    /// at least this many members, unless its first `meeting.join` chose a `mode`. 0: only
+    /// when chosen. Default 0; 0 to 1,000,000.
+    pub meeting_sfu_from: usize,
+    /// SFU: the UDP address media sessions use. Default 127.0.0.1:0 (a free port).
+    pub sfu_listen: SocketAddr,
+    /// SFU: the addresses offered to clients as the server's candidates, as `host` or
+    /// `host:port` (an IP address or a host name, resolved at start; the port defaults to
+    /// `sfu_listen`'s). For a server behind NAT, its public address. Default: `sfu_listen`'s
+    /// address (which must then be a specific one, not 0.0.0.0). At most 8.
+    pub sfu_advertise: Vec<String>,
+    /// SFU: tracks published in one meeting at most. Default 200; 1 to 10,000.
+    pub sfu_max_tracks: usize,
+    /// SFU: the least time between two keyframe requests to one track, in milliseconds.
+    /// Default 1,000; 100 to 60,000.
+    pub sfu_keyframe_interval_ms: u64,
+    /// SFU: media sessions the UDP router knows at most, over all meetings. Default 10,000;
+    /// 1 to 1,000,000.
+    pub sfu_max_sessions: usize,
 }
 
 impl Default for Config {
@@ -139,7 +155,6 @@ impl Default for Config {
             heartbeat_ms: 25_000,
             client_timeout_ms: 60_000,
             hello_timeout_ms: 10_000,
-            ws_read_buffer: 1024,
             presence_idle_timeout_ms: 300_000,
             presence_grace_ms: 5_000,
             presence_flush_ms: 500,
@@ -162,6 +177,12 @@ impl Default for Config {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_ttl_secs: 86_400,
+            meeting_sfu_from: 0,
+            sfu_listen: "127.0.0.1:0".parse().expect("valid address"),
+            sfu_advertise: Vec::new(),
+            sfu_max_tracks: 200,
+            sfu_keyframe_interval_ms: 1_000,
+            sfu_max_sessions: 10_000,
         }
     }
 }
@@ -229,7 +250,6 @@ impl Config {
             3_600_000,
         )?;
         in_range("hello_timeout_ms", self.hello_timeout_ms, 10, 600_000)?;
-        in_range("ws_read_buffer", self.ws_read_buffer as u64, 256, 1 << 20)?;
         in_range(
             "presence_idle_timeout_ms",
             self.presence_idle_timeout_ms,
@@ -297,6 +317,35 @@ impl Config {
             1_000,
         )?;
         in_range("turn_ttl_secs", self.turn_ttl_secs, 60, 604_800)?;
+        in_range(
+            "meeting_sfu_from",
+            self.meeting_sfu_from as u64,
+            0,
+            1_000_000,
+        )?;
+        in_range("sfu_max_tracks", self.sfu_max_tracks as u64, 1, 10_000)?;
+        in_range(
+            "sfu_keyframe_interval_ms",
+            self.sfu_keyframe_interval_ms,
+            100,
+            60_000,
+        )?;
+        in_range(
+            "sfu_max_sessions",
+            self.sfu_max_sessions as u64,
+            1,
+            1_000_000,
+        )?;
+        if self.sfu_advertise.len() > 8 {
+            bail!("sfu_advertise lists at most 8 addresses");
+        }
+        if self.sfu_advertise.is_empty() && self.sfu_listen.ip().is_unspecified() {
+            bail!(
+                "sfu_listen = {} is a wildcard address: set sfu_advertise to the address \
+                 clients reach the server at",
+                self.sfu_listen
+            );
+        }
         check_urls(
             "ice_servers",
             &self.ice_servers,
@@ -381,6 +430,16 @@ impl Config {
         }
     }
 
+    /// Each SFU room's configuration (its candidates are the running SFU's).
+    pub fn sfu_room(&self) -> signaling::sfu::RoomConfig {
+        signaling::sfu::RoomConfig {
+            candidates: Vec::new(),
+            max_sessions: self.meeting_max_participants,
+            max_tracks: self.sfu_max_tracks,
+            keyframe_interval: Duration::from_millis(self.sfu_keyframe_interval_ms),
+        }
+    }
+
     /// The config as TOML, for `--print-config`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
@@ -446,6 +505,8 @@ mod tests {
             "presence_flush_ms = 0",
             "presence_grace_ms = 700000",
             "meeting_max_participants = 1",
+            "sfu_listen = \"0.0.0.0:7702\"",
+            "sfu_keyframe_interval_ms = 1",
             "ice_servers = [\"http://example.test\"]",
             "turn_urls = [\"stun:example.test\"]",
             "turn_secret = \"0123456789abcdef\"",

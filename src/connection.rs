@@ -50,6 +50,9 @@ pub enum ReadError {
 /// Incoming frames, one complete frame payload at a time. `None` when the peer closed.
 pub trait FrameReader: Send + 'static {
     fn next_frame(&mut self) -> impl Future<Output = Option<Result<Bytes, ReadError>>> + Send;
+    /// Called with the connection's outbox before the first `next_frame`, for a transport whose
+    /// reader must wake the writer (WebSocket pongs).
+    fn attach(&mut self, _outbox: &Arc<Outbox>) {}
 }
 
 /// Outgoing frames. Implementations write all frames of a batch and flush once.
@@ -101,7 +104,7 @@ impl Permit {
 pub async fn run<R: FrameReader, W: FrameWriter>(
     shared: Arc<Shared>,
     transport: Transport,
-    reader: R,
+    mut reader: R,
     writer: W,
     preauth: Option<crate::access::Claims>,
     permit: Permit,
@@ -129,6 +132,7 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             shared.config.outbox_bytes,
             shared.metrics.clone(),
         ));
+        reader.attach(&outbox);
         let writer = tokio::spawn(
             write_loop(writer, outbox.clone(), metrics.clone(), shared.clone()).in_current_span(),
         );
@@ -382,9 +386,7 @@ impl Conn {
     fn send(&self, frame: &ServerFrame) {
         let frame = encode_server(frame, self.session.encoding());
         // A full outbox closes itself as a slow consumer; the loop notices and ends.
-        if self.outbox.push(frame, Instant::now()).is_ok() {
-            self.shared.metrics.queued_frames.inc();
-        }
+        let _ = self.outbox.push(frame, Instant::now());
     }
 
     async fn execute(&mut self, request: &ClientFrame) -> Result<serde_json::Value, ServiceError> {
@@ -455,8 +457,10 @@ async fn write_loop<W: FrameWriter>(
     loop {
         match outbox.next_batch(&mut batch).await {
             Batch::Frames(oldest) => {
-                let frames = batch.len() as u64;
-                let bytes: usize = batch.iter().map(Bytes::len).sum();
+                // Empty frames only wake the writer (WebSocket pongs): they are not counted.
+                let (frames, bytes) = (batch.iter()).fold((0u64, 0usize), |(n, b), f| {
+                    (n + u64::from(!f.is_empty()), b + f.len())
+                });
                 let written = tokio::select! {
                     r = writer.write_batch(&mut batch) => r,
                     // A slow consumer's socket may never drain: stop waiting for it.

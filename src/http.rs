@@ -17,11 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::upgrade::downcast;
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio::net::TcpStream;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -267,7 +269,7 @@ fn handshake(request: &Request) -> Result<HeaderValue, ApiError> {
 }
 
 /// Take a connection permit, answer 101 for handshake `key`, and run `serve` on the upgraded
-/// connection as a tracked task.
+/// connection's socket as a tracked task.
 fn upgrade<F, Fut>(
     shared: &Arc<Shared>,
     mut request: Request,
@@ -275,7 +277,7 @@ fn upgrade<F, Fut>(
     serve: F,
 ) -> Response
 where
-    F: FnOnce(hyper::upgrade::Upgraded, Permit) -> Fut + Send + 'static,
+    F: FnOnce(transport::ws::Upgraded, Permit) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(permit) = Permit::acquire(shared) else {
@@ -287,16 +289,31 @@ where
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     shared.tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve(upgraded, permit).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // `serve` runs hyper-util's HTTP/1-or-2 connection over `TokioIo<TcpStream>`; taking
+        // the socket back leaves hyper out of every later read and write.
+        match downcast::<TokioIo<TcpStream>>(upgraded) {
+            Ok(parts) => {
+                let upgraded = transport::ws::Upgraded {
+                    stream: parts.io.into_inner(),
+                    read_buf: parts.read_buf,
+                };
+                serve(upgraded, permit).await;
+            }
+            Err(_) => tracing::error!("the upgraded connection is not a TCP socket"),
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = transport::wsframe::accept_key(key.as_bytes());
     headers.insert(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header"),

@@ -19,6 +19,7 @@ pub mod presence_service;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sfu;
 pub mod spaces;
 pub mod store;
 pub mod transport;

@@ -53,6 +53,22 @@ pub struct Metrics {
     pub presence: PresenceMetrics,
     pub docs: DocMetrics,
     pub meetings: MeetingMetrics,
+    pub sfu: SfuMetrics,
+}
+
+/// What the SFU reports.
+#[derive(Clone, Default)]
+pub struct SfuMetrics {
+    /// Meetings in SFU mode (one room each).
+    pub rooms: Gauge,
+    /// Media sessions (one per participant) over all rooms.
+    pub sessions: Gauge,
+    /// RTP packets forwarded to subscribers (once per subscriber).
+    pub forwarded_packets: Counter,
+    /// Their payload bytes.
+    pub forwarded_bytes: Counter,
+    /// Datagrams dropped: no room for them, a room's queue full, or the socket's buffer full.
+    pub dropped_datagrams: Counter,
 }
 
 /// What the meetings report.
@@ -144,6 +160,7 @@ impl Metrics {
             presence: PresenceMetrics::default(),
             docs: DocMetrics::default(),
             meetings: MeetingMetrics::default(),
+            sfu: SfuMetrics::default(),
             registry: Registry::default(),
         };
         let d = &metrics.docs;
@@ -180,6 +197,28 @@ impl Metrics {
             ("meetings_joins", "Meeting joins accepted", &m.joins),
             ("meetings_signals", "Meeting signals relayed", &m.signals),
             ("meetings_data", "Meeting data messages relayed", &m.data),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        let f = &metrics.sfu;
+        registry.register("sfu_rooms", "Meetings in SFU mode", f.rooms.clone());
+        registry.register("sfu_sessions", "SFU media sessions", f.sessions.clone());
+        for (name, help, counter) in [
+            (
+                "sfu_forwarded_packets",
+                "RTP packets the SFU forwarded (once per subscriber)",
+                &f.forwarded_packets,
+            ),
+            (
+                "sfu_forwarded_bytes",
+                "Payload bytes the SFU forwarded",
+                &f.forwarded_bytes,
+            ),
+            (
+                "sfu_dropped_datagrams",
+                "SFU datagrams dropped (unrouted, room queue or socket buffer full)",
+                &f.dropped_datagrams,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }

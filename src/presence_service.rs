@@ -554,8 +554,8 @@ impl Task {
             }
         };
         // A full outbox closes its connection as a slow consumer; its disconnect follows.
-        if answer && state.outbox.push(reply, Instant::now()).is_ok() {
-            self.metrics.queued_frames.inc();
+        if answer {
+            let _ = state.outbox.push(reply, Instant::now());
         }
         Ok(())
     }
@@ -563,7 +563,6 @@ impl Task {
     /// Execute every effect the core has: deliveries into outboxes, ended subscriptions.
     fn drain(&mut self) {
         let now = Instant::now();
-        let mut queued = 0;
         while let Some(effect) = self.core.poll_output() {
             match effect {
                 Effect::Deliver {
@@ -574,7 +573,7 @@ impl Task {
                         continue;
                     };
                     let frame = self.encoded.frame(&updates, state.outbox.encoding());
-                    queued += i64::from(state.outbox.push(frame, now).is_ok());
+                    let _ = state.outbox.push(frame, now);
                     self.metrics.presence.frames.inc();
                 }
                 Effect::Unsubscribed { subscriber, scope } => {
@@ -588,7 +587,7 @@ impl Task {
                         message: "no longer a member of the space".into(),
                     };
                     let frame = encode_server(&frame, state.outbox.encoding());
-                    queued += i64::from(state.outbox.push(frame, now).is_ok());
+                    let _ = state.outbox.push(frame, now);
                 }
                 Effect::RequestState { node } => {
                     // Only other nodes' states are requested; one node has none.
@@ -597,9 +596,6 @@ impl Task {
             }
         }
         self.encoded.clear();
-        if queued > 0 {
-            self.metrics.queued_frames.inc_by(queued);
-        }
         match self.next_stats {
             None => self.next_stats = Some(now + STATS_EVERY),
             Some(at) if at <= now => self.refresh_stats(),

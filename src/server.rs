@@ -188,6 +188,8 @@ pub fn unix_ms() -> i64 {
 pub struct Listeners {
     pub http: tokio::net::TcpListener,
     pub quic: quinn::Endpoint,
+    /// The SFU's media socket (UDP).
+    pub sfu: tokio::net::UdpSocket,
 }
 
 impl Listeners {
@@ -196,7 +198,8 @@ impl Listeners {
         let http =
             listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         let quic = transport::quic::endpoint(config)?;
-        Ok(Listeners { http, quic })
+        let sfu = crate::sfu::bind(config)?;
+        Ok(Listeners { http, quic, sfu })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -209,6 +212,12 @@ impl Listeners {
         self.quic
             .local_addr()
             .expect("a bound endpoint has an address")
+    }
+
+    pub fn sfu_addr(&self) -> SocketAddr {
+        self.sfu
+            .local_addr()
+            .expect("a bound socket has an address")
     }
 }
 
@@ -238,6 +247,7 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     );
     let meetings = Meetings::new(
         config.meeting(),
+        config.sfu_room(),
         metrics.clone(),
         presence.clone(),
         shutdown.clone(),
@@ -296,6 +306,10 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<
         })
     };
     let presence = shared.presence.start(shared.shutdown.clone());
+    let sfu = crate::sfu::Sfu::new(listeners.sfu, &shared.config, shared.metrics.sfu.clone());
+    let sfu = Arc::new(sfu.await?);
+    shared.meetings.start_sfu(sfu.clone());
+    let sfu = tokio::spawn(sfu.run(shared.shutdown.clone()));
     let quic = tokio::spawn(transport::quic::accept_loop(
         shared.clone(),
         listeners.quic.clone(),
@@ -313,6 +327,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Listeners) -> anyhow::Result<
     let _ = quic.await;
     let _ = sweeper.await;
     let _ = presence.await;
+    let _ = sfu.await;
     listeners.quic.wait_idle().await;
     Ok(())
 }

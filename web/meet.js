@@ -145,6 +145,8 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const space = params.get("space") || undefined;
 const name = params.get("name") || undefined;
+// The meeting's mode if this page creates it (`mesh` or `sfu`; default: the server's choice).
+const mode = params.get("mode") || undefined;
 const room = decodeURIComponent(location.pathname.replace(/^\/meet\//, "").replace(/\/$/, ""));
 $("room-name").textContent = room;
 document.title = `${room} · Chorus meeting`;
@@ -170,7 +172,7 @@ async function main() {
     .then((stream) => ({ stream }), (error) => ({ error }));
 
   client = new Client({ token, clientName: "chorus-meet/0.1" });
-  meeting = new Meeting(client, { room, space, name });
+  meeting = new Meeting(client, { room, space, name, mode });
   globalThis.chorusMeeting = { client, meeting, local };
   wire(meeting, client);
 

@@ -1,7 +1,13 @@
-// Chorus meetings in the browser (docs/protocol.md, section 15), mesh mode: every participant
-// holds one RTCPeerConnection with every other and sends its media to each directly. The
-// session protocol carries the signalling (`meeting.signal`: offers, answers, trickle ICE), the
-// participant list with its tracks (`meeting.participants`) and admin actions.
+// Chorus meetings in the browser (docs/protocol.md, section 15), in either of the meeting's
+// modes, with the same API:
+// - mesh: every participant holds one RTCPeerConnection with every other and sends its media
+//   to each directly. The session protocol carries the signalling (`meeting.signal`: offers,
+//   answers, trickle ICE), the participant list with its tracks (`meeting.participants`) and
+//   admin actions.
+// - sfu (15.7): one RTCPeerConnection with the server, which always offers (`meeting.offer`,
+//   answered with `meeting.answer`); each offer's `media` says which track every m-line carries
+//   and whose it is. Lines of our own tracks get the local track (sendonly); the others are
+//   received tracks.
 //
 // Negotiation is "perfect negotiation" per pair: either side may offer at any time; on a
 // collision the polite peer (the one whose sid compares greater) rolls back and answers, the
@@ -82,7 +88,8 @@ function streamGroup(source) {
  *   (it is muted locally already);
  * - `left` ({reason, by}): this participant is out of the meeting (`leave()` gives `left`);
  * - `connection` ({state}): `reconnecting` while the session is lost, `joined` once back;
- * - `peer-state` ({participant, state}): a peer connection's `connectionState` changed;
+ * - `peer-state` ({participant, state}): a peer connection's `connectionState` changed (in
+ *   SFU mode the one connection with the server: `participant` is null);
  * - `error` ({error, context}): a failure outside any call (signalling, resume).
  */
 export class Meeting extends Emitter {
@@ -92,6 +99,8 @@ export class Meeting extends Emitter {
    * @param {string} options.room the room id
    * @param {string} [options.space] the space (default: the caller's organisation home space)
    * @param {string} [options.name] display name (default: the token's name or user id)
+   * @param {"mesh"|"sfu"} [options.mode] the meeting's mode if this join creates it (default:
+   *   the server's choice); the meeting's actual mode is `meeting.mode` once joined
    */
   constructor(client, options) {
     super();
@@ -100,6 +109,9 @@ export class Meeting extends Emitter {
     this.room = options.room;
     this.space = options.space;
     this.name = options.name;
+    this.requestedMode = options.mode;
+    /** `mesh` | `sfu`: how the meeting carries media, from the join reply. */
+    this.mode = null;
     /** This participant as the server sees it (`sid`, `tracks`, ...), once joined. */
     this.self = null;
     /** The other participants by sid (active or reconnecting). */
@@ -112,7 +124,8 @@ export class Meeting extends Emitter {
     this.state = "idle";
   }
 
-  #peers = new Map(); // sid -> Peer
+  #peers = new Map(); // sid -> Peer (mesh mode)
+  #server = null; // ServerSession (sfu mode)
   #local = new Map(); // track sid -> {track, meta, stream}
   #streams = new Map(); // stream group -> MediaStream (the msid carried to peers)
   #unlisten = [];
@@ -130,7 +143,10 @@ export class Meeting extends Emitter {
     this.state = "joining";
     this.#listen();
     try {
-      const reply = await this.client.request("meeting.join", this.#fields({ name: this.name }));
+      const reply = await this.client.request(
+        "meeting.join",
+        this.#fields({ name: this.name, mode: this.requestedMode }),
+      );
       this.#applyJoin(reply);
       return reply;
     } catch (e) {
@@ -162,6 +178,7 @@ export class Meeting extends Emitter {
     track.enabled = !muted;
     this.#local.set(meta.sid, entry);
     for (const peer of this.#peers.values()) peer.addLocal(entry);
+    this.#server?.attach(entry);
     return meta;
   }
 
@@ -173,6 +190,7 @@ export class Meeting extends Emitter {
     const entry = this.#entry(track);
     this.#local.delete(entry.meta.sid);
     for (const peer of this.#peers.values()) peer.removeLocal(entry);
+    this.#server?.detach(entry);
     if (this.state === "joined") {
       await this.client.request("meeting.unpublish", this.#fields({ track: entry.meta.sid }));
     }
@@ -240,14 +258,19 @@ export class Meeting extends Emitter {
         out.push({ participant: this.participants.get(peer.sid) ?? null, track: live.meta, mediaTrack: live.mediaTrack });
       }
     }
+    for (const live of this.#server?.live.values() ?? []) {
+      out.push({ participant: this.participants.get(live.from) ?? null, track: live.meta, mediaTrack: live.mediaTrack });
+    }
     return out;
   }
 
   /**
-   * WebRTC statistics of the connection with one participant (`RTCStatsReport`), or null.
+   * WebRTC statistics of the connection with one participant (`RTCStatsReport`), or null. In
+   * SFU mode every participant's media comes on the one connection with the server: its report.
    * @param {string} participant the participant's sid
    */
   async getStats(participant) {
+    if (this.#server) return this.participants.has(participant) ? this.#server.pc.getStats() : null;
     const peer = this.#peers.get(participant);
     return peer ? peer.pc.getStats() : null;
   }
@@ -297,6 +320,9 @@ export class Meeting extends Emitter {
     this.#unlisten.push(
       c.on("meeting.participants", (f) => this.#ours(f) && this.#onParticipants(f)),
       c.on("meeting.signal", (f) => this.#ours(f) && this.#onSignal(f)),
+      c.on("meeting.offer", (f) => {
+        if (this.#ours(f) && this.state === "joined") this.#server?.handleOffer(f);
+      }),
       c.on("meeting.muted", (f) => this.#ours(f) && this.#onMuted(f)),
       c.on("meeting.data", (f) => {
         if (this.#ours(f) && this.state === "joined") {
@@ -327,6 +353,12 @@ export class Meeting extends Emitter {
       ...(s.credential !== undefined ? { credential: s.credential } : {}),
     }));
     this.state = "joined";
+    this.mode = reply.mode ?? "mesh";
+    if (this.mode === "sfu") {
+      // A join or a resume starts a new connection with the server; its offer follows.
+      this.#closeServer();
+      this.#server = new ServerSession(this);
+    }
     const present = new Set(reply.participants.map((p) => p.sid));
     for (const [sid, p] of [...this.participants]) {
       if (!present.has(sid)) this.#removeParticipant({ ...p, state: "left" });
@@ -398,16 +430,18 @@ export class Meeting extends Emitter {
     }
     this.participants.set(p.sid, p);
     let peer = this.#peers.get(p.sid);
-    if (!peer && p.state === "active") peer = this.#createPeer(p.sid);
+    if (!peer && p.state === "active" && this.mode !== "sfu") peer = this.#createPeer(p.sid);
     if (!fromJoin || !previous || previous.version !== p.version) {
       this.emit("participant", { participant: p, previous: previous ?? null });
     }
     if (peer) this.#syncRemote(peer);
+    if (this.#server) this.#syncServer();
   }
 
   #removeParticipant(p) {
     this.participants.delete(p.sid);
     this.#closePeer(p.sid);
+    if (this.#server) this.#syncServer();
     this.emit("participant-left", { participant: p });
   }
 
@@ -429,6 +463,19 @@ export class Meeting extends Emitter {
     }
     peer.live.clear();
     peer.close();
+  }
+
+  /** Sfu mode: close the connection with the server; its received tracks end. */
+  #closeServer() {
+    const server = this.#server;
+    if (!server) return;
+    this.#server = null;
+    for (const live of server.live.values()) {
+      const participant = this.participants.get(live.from) ?? { sid: live.from };
+      this.emit("track-ended", { participant, track: live.meta, mediaTrack: live.mediaTrack });
+    }
+    server.live.clear();
+    server.close();
   }
 
   #onSignal(frame) {
@@ -459,6 +506,7 @@ export class Meeting extends Emitter {
     this.#local.clear();
     this.#streams.clear();
     for (const sid of [...this.#peers.keys()]) this.#closePeer(sid);
+    this.#closeServer();
     for (const off of this.#unlisten) off();
     this.#unlisten = [];
   }
@@ -477,6 +525,60 @@ export class Meeting extends Emitter {
       if (error.code === "not_found" || error.code === "closed") return;
       this.emit("error", { error, context: `signal ${kind}` });
     });
+  }
+
+  /** @internal Answer the server's offer (sfu mode); failures are reported as `error` events. */
+  answer(sdp) {
+    if (this.state !== "joined") return;
+    this.client.request("meeting.answer", this.#fields({ sdp })).catch((error) => {
+      if (error.code === "closed") return; // the resume brings a new offer
+      this.emit("error", { error, context: "answer" });
+    });
+  }
+
+  /** @internal The published entry of our own track `sid` (sfu mode). */
+  localEntry(sid) {
+    return this.#local.get(sid);
+  }
+
+  /**
+   * Sfu mode: recompute the received tracks from the server's lines (which track each m-line
+   * carries, and whose) and the participants' published tracks.
+   */
+  #syncServer() {
+    const server = this.#server;
+    const now = new Map(); // track sid -> {meta, mediaTrack, from}
+    for (const transceiver of server.pc.getTransceivers()) {
+      const line = transceiver.mid !== null ? server.lines.get(transceiver.mid) : undefined;
+      if (!line || line.participant === this.self?.sid) continue;
+      const participant = this.participants.get(line.participant);
+      const meta = participant?.tracks.find((t) => t.sid === line.track);
+      if (meta && participant.state !== "left") {
+        now.set(meta.sid, { meta, mediaTrack: transceiver.receiver.track, from: participant.sid });
+      }
+    }
+    for (const [sid, live] of [...server.live]) {
+      const next = now.get(sid);
+      if (!next || next.mediaTrack !== live.mediaTrack) {
+        server.live.delete(sid);
+        const participant = this.participants.get(live.from) ?? { sid: live.from };
+        this.emit("track-ended", { participant, track: live.meta, mediaTrack: live.mediaTrack });
+      }
+    }
+    for (const [sid, next] of now) {
+      const live = server.live.get(sid);
+      if (live) {
+        live.meta = next.meta;
+      } else {
+        server.live.set(sid, next);
+        this.emit("track", { participant: this.participants.get(next.from), track: next.meta, mediaTrack: next.mediaTrack });
+      }
+    }
+  }
+
+  /** @internal called by the server session after it applied an offer */
+  serverChanged(server) {
+    if (this.#server === server) this.#syncServer();
   }
 
   /** Recompute which remote tracks a peer's media carries; called after each change. */
@@ -656,6 +758,95 @@ class Peer {
       // Candidates of an offer we ignored fail to apply; anything else is worth telling.
       if (!this.ignoreOffer && c !== null) throw error;
     }
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+}
+
+/**
+ * Sfu mode: the one connection with the server (internal). The server offers every change;
+ * this side answers, sending its own tracks on the lines the server names for them.
+ */
+class ServerSession {
+  constructor(meeting) {
+    this.meeting = meeting;
+    this.pc = new RTCPeerConnection({ iceServers: meeting.iceServers });
+    this.lines = new Map(); // mid -> {mid, track, participant, kind} of the last offer
+    this.live = new Map(); // received track sid -> {meta, mediaTrack, from}
+    this.chain = Promise.resolve();
+    this.closed = false;
+    const pc = this.pc;
+    pc.onconnectionstatechange = () => {
+      meeting.emit("peer-state", { participant: null, state: pc.connectionState });
+    };
+    pc.ontrack = () => meeting.serverChanged(this);
+  }
+
+  handleOffer(frame) {
+    // One offer at a time, in arrival order (the server sends the next after our answer).
+    this.chain = this.chain
+      .then(() => this.answerOffer(frame))
+      .catch((error) => {
+        if (!this.closed) this.meeting.emit("error", { error, context: "server offer" });
+      });
+  }
+
+  async answerOffer(frame) {
+    if (this.closed) return;
+    const pc = this.pc;
+    await pc.setRemoteDescription({ type: "offer", sdp: frame.sdp });
+    this.lines = new Map(frame.media.map((line) => [line.mid, line]));
+    const self = this.meeting.self?.sid;
+    const { publish, subscribe } = this.meeting.grants ?? { publish: true, subscribe: true };
+    for (const transceiver of pc.getTransceivers()) {
+      const line = transceiver.mid !== null ? this.lines.get(transceiver.mid) : undefined;
+      if (!line || transceiver.currentDirection === "stopped") continue;
+      if (line.participant === self) {
+        transceiver.direction = publish ? "sendonly" : "inactive";
+        const entry = this.meeting.localEntry(line.track);
+        if (entry) await this.send(transceiver, entry);
+      } else {
+        transceiver.direction = subscribe ? "recvonly" : "inactive";
+      }
+    }
+    await pc.setLocalDescription();
+    this.meeting.answer(pc.localDescription.sdp);
+    this.meeting.serverChanged(this);
+  }
+
+  async send(transceiver, entry) {
+    if (transceiver.sender.track === entry.track) return;
+    await transceiver.sender.replaceTrack(entry.track);
+    transceiver.sender.setStreams(entry.stream);
+  }
+
+  #transceiverOf(trackSid) {
+    for (const transceiver of this.pc.getTransceivers()) {
+      const line = transceiver.mid !== null ? this.lines.get(transceiver.mid) : undefined;
+      if (line && line.track === trackSid && line.participant === this.meeting.self?.sid) return transceiver;
+    }
+    return null;
+  }
+
+  /** A track was published: send it on its line, if the server offered it already. */
+  attach(entry) {
+    this.chain = this.chain
+      .then(async () => {
+        const transceiver = this.#transceiverOf(entry.meta.sid);
+        if (transceiver && !this.closed) await this.send(transceiver, entry);
+      })
+      .catch((error) => {
+        if (!this.closed) this.meeting.emit("error", { error, context: "send track" });
+      });
+  }
+
+  /** A track was unpublished: stop sending it (the server stops its line). */
+  detach(entry) {
+    const transceiver = this.#transceiverOf(entry.meta.sid);
+    if (transceiver && !this.closed) transceiver.sender.replaceTrack(null).catch(() => {});
   }
 
   close() {

@@ -3,9 +3,10 @@
 //! `poll_output`, the next deadline through `poll_timeout`.
 
 use crate::sdp::{SdpError, check_sdp};
+use crate::sfu::{Room, RoomError};
 use crate::wire::{
-    Candidate, Grants, JoinReply, LeftReason, MeetingFrame, Participant, ParticipantState,
-    SignalKind, Track, TrackKind, TrackSource,
+    Candidate, Grants, JoinReply, LeftReason, MeetingFrame, MeetingMode, Participant,
+    ParticipantState, SignalKind, Track, TrackKind, TrackSource,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -88,6 +89,16 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl From<RoomError> for Error {
+    fn from(e: RoomError) -> Error {
+        match e {
+            RoomError::NotFound(m) => Error::NotFound(m),
+            RoomError::Invalid(m) => Error::Invalid(m),
+            RoomError::LimitExceeded(m) => Error::LimitExceeded(m),
+        }
+    }
+}
+
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -101,6 +112,9 @@ pub enum Output {
     /// Connection `conn` is now in the meeting (`true`) or no longer (`false`), for presence.
     /// Not told for connections that closed.
     Presence { conn: ConnId, in_meeting: bool },
+    /// SFU mode: route the datagrams whose STUN username names `ufrag` to this meeting
+    /// (`open`), or no longer.
+    Route { ufrag: String, open: bool },
 }
 
 struct Member {
@@ -127,6 +141,8 @@ pub struct Meeting {
     /// Participants that left since then, as they were when they left.
     gone: BTreeMap<String, Participant>,
     outputs: VecDeque<Output>,
+    /// The media room, in SFU mode.
+    sfu: Option<Room>,
 }
 
 impl Meeting {
@@ -145,7 +161,28 @@ impl Meeting {
             changed: BTreeSet::new(),
             gone: BTreeMap::new(),
             outputs: VecDeque::new(),
+            sfu: None,
         }
+    }
+
+    /// This meeting in SFU mode: media goes through `room`, which gets a session for each
+    /// participant and every published track; subscribers receive every other track.
+    pub fn with_sfu(mut self, room: Room) -> Meeting {
+        self.sfu = Some(room);
+        self
+    }
+
+    pub fn mode(&self) -> MeetingMode {
+        match self.sfu {
+            Some(_) => MeetingMode::Sfu,
+            None => MeetingMode::Mesh,
+        }
+    }
+
+    /// The media room, in SFU mode: the shell feeds it datagrams and timeouts and sends its
+    /// datagrams; its offers and routes come out of [`Meeting::poll_output`].
+    pub fn sfu_mut(&mut self) -> Option<&mut Room> {
+        self.sfu.as_mut()
     }
 
     /// The meeting's version: increases by one with every change of a participant.
@@ -164,6 +201,7 @@ impl Meeting {
             && self.outputs.is_empty()
             && self.changed.is_empty()
             && self.gone.is_empty()
+            && self.sfu.as_ref().is_none_or(Room::is_idle)
     }
 
     /// Participant `sid`, if it is active or reconnecting.
@@ -237,6 +275,8 @@ impl Meeting {
                     in_meeting: true,
                 });
             }
+            // The client that resumes starts a new session.
+            self.attach_media(&sid)?;
             return Ok(self.reply(&sid));
         }
         let others = self.members.len() - usize::from(current.is_some());
@@ -250,6 +290,9 @@ impl Meeting {
             self.depart(old, LeftReason::Replaced, None);
         }
         let sid = self.new_id('p');
+        if let Some(room) = &mut self.sfu {
+            room.add_participant(&sid)?;
+        }
         let info = Participant {
             sid: sid.clone(),
             user: joiner.user,
@@ -277,6 +320,7 @@ impl Meeting {
                 in_meeting: true,
             });
         }
+        self.subscribe_all(&sid)?;
         Ok(self.reply(&sid))
     }
 
@@ -303,10 +347,23 @@ impl Meeting {
                 "a participant publishes at most {MAX_TRACKS} tracks"
             )));
         }
+        // A track whose kind changes is a new track for the media room.
+        let rekind = existing
+            .map(|i| &member.info.tracks[i])
+            .filter(|t| t.kind != kind)
+            .map(|t| t.sid.clone());
         let track_sid = match existing {
             Some(_) => None,
             None => Some(self.new_id('t')),
         };
+        if let Some(room) = &mut self.sfu {
+            if let Some(track) = &rekind {
+                room.unpublish(track);
+            }
+            if let Some(track) = track_sid.as_ref().or(rekind.as_ref()) {
+                room.publish(&sid, track, kind)?;
+            }
+        }
         let tracks = &mut self.member_mut(&sid).info.tracks;
         let track = match existing {
             Some(i) => {
@@ -329,6 +386,7 @@ impl Meeting {
             }
         };
         self.touch(&sid);
+        self.subscribe_others(&sid, &track.sid)?;
         Ok(track)
     }
 
@@ -349,6 +407,9 @@ impl Meeting {
             .ok_or_else(|| Error::NotFound(format!("you publish no track {track}")))?;
         member.info.tracks.remove(at);
         self.touch(&sid);
+        if let Some(room) = &mut self.sfu {
+            room.unpublish(track);
+        }
         Ok(())
     }
 
@@ -436,6 +497,13 @@ impl Meeting {
         candidate: Option<Candidate>,
     ) -> Result<(), Error> {
         let me = self.active(conn)?;
+        if self.sfu.is_some() {
+            return Err(Error::Invalid(
+                "this meeting forwards media through the server: answer its `meeting.offer` \
+                 with `meeting.answer`"
+                    .into(),
+            ));
+        }
         let target = self
             .members
             .get(to)
@@ -446,15 +514,7 @@ impl Meeting {
             SignalKind::Offer | SignalKind::Answer => {
                 let sdp = sdp
                     .ok_or_else(|| Error::Invalid("an offer or answer carries an `sdp`".into()))?;
-                if sdp.len() > MAX_SDP_BYTES {
-                    return Err(Error::Invalid(format!(
-                        "an SDP is at most {MAX_SDP_BYTES} bytes"
-                    )));
-                }
-                check_sdp(&sdp, &self.members[&me].grants).map_err(|e| match e {
-                    SdpError::Invalid(m) => Error::Invalid(m),
-                    SdpError::NotGranted(m) => Error::Forbidden(m),
-                })?;
+                check_sdp_fits(&sdp, &self.members[&me].grants)?;
                 (Some(sdp), None)
             }
             SignalKind::Candidate => {
@@ -477,6 +537,26 @@ impl Meeting {
             },
         });
         Ok(())
+    }
+
+    /// SFU mode: connection `conn`'s answer to the server's last offer, once it fits its
+    /// grants.
+    pub fn answer(&mut self, conn: ConnId, sdp: &str) -> Result<(), Error> {
+        let me = self.active(conn)?;
+        let grants = self.members[&me].grants;
+        let Some(room) = &mut self.sfu else {
+            return Err(Error::Invalid(
+                "this meeting is peer to peer: it makes no offers to answer".into(),
+            ));
+        };
+        // The data channel is the server's own (its first offer opens it), not the
+        // participant's: answering it needs no data grant.
+        let grants = Grants {
+            data: true,
+            ..grants
+        };
+        check_sdp_fits(sdp, &grants)?;
+        Ok(room.handle_answer(&me, sdp)?)
     }
 
     /// Relay `payload` to participants `to` (default: every other active one).
@@ -620,7 +700,89 @@ impl Meeting {
         if self.outputs.is_empty() {
             self.flush();
         }
+        if self.outputs.is_empty() {
+            self.take_media_outputs();
+        }
         self.outputs.pop_front()
+    }
+
+    /// Queue the room's offers (to their participants' connections) and route changes, after
+    /// the participant changes that caused them.
+    fn take_media_outputs(&mut self) {
+        let Some(room) = &mut self.sfu else {
+            return;
+        };
+        while let Some(route) = room.poll_route() {
+            self.outputs.push_back(Output::Route {
+                ufrag: route.ufrag,
+                open: route.open,
+            });
+        }
+        while let Some(offer) = room.poll_offer() {
+            // A reconnecting participant's offer is lost: resuming starts a new session.
+            let Some(conn) = self.members.get(&offer.participant).and_then(|m| m.conn) else {
+                continue;
+            };
+            self.outputs.push_back(Output::Send {
+                conn,
+                frame: MeetingFrame::Offer {
+                    space: self.space.clone(),
+                    room: self.room.clone(),
+                    sdp: offer.sdp,
+                    media: offer.media,
+                },
+            });
+        }
+    }
+
+    /// SFU mode: participant `sid` starts a new session, sending its tracks and receiving
+    /// the others' (with the subscribe grant).
+    fn attach_media(&mut self, sid: &str) -> Result<(), Error> {
+        let Some(room) = &mut self.sfu else {
+            return Ok(());
+        };
+        room.add_participant(sid)?;
+        // Replacing the session unpublished its tracks: they come back, to everyone.
+        let tracks: Vec<(String, TrackKind)> = (self.members[sid].info.tracks.iter())
+            .map(|t| (t.sid.clone(), t.kind))
+            .collect();
+        for (track, kind) in &tracks {
+            room.publish(sid, track, *kind)?;
+        }
+        for (track, _) in &tracks {
+            self.subscribe_others(sid, track)?;
+        }
+        self.subscribe_all(sid)
+    }
+
+    /// SFU mode: participant `sid` receives every track of the others, if it may.
+    fn subscribe_all(&mut self, sid: &str) -> Result<(), Error> {
+        let Some(room) = &mut self.sfu else {
+            return Ok(());
+        };
+        if !self.members[sid].grants.subscribe {
+            return Ok(());
+        }
+        for other in self.members.values().filter(|m| m.info.sid != sid) {
+            for track in &other.info.tracks {
+                room.subscribe(sid, &track.sid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SFU mode: every other participant that may receive gets `owner`'s `track`.
+    fn subscribe_others(&mut self, owner: &str, track: &str) -> Result<(), Error> {
+        let Some(room) = &mut self.sfu else {
+            return Ok(());
+        };
+        let others = (self.members.values())
+            .filter(|m| m.info.sid != owner && m.grants.subscribe)
+            .map(|m| m.info.sid.as_str());
+        for other in others {
+            room.subscribe(other, track)?;
+        }
+        Ok(())
     }
 
     /// The sid of connection `conn`'s active participant.
@@ -651,6 +813,9 @@ impl Meeting {
         let mut member = self.members.remove(sid)?;
         if let Some(conn) = member.conn {
             self.by_conn.remove(&conn);
+        }
+        if let Some(room) = &mut self.sfu {
+            room.remove_participant(sid);
         }
         self.version += 1;
         let info = &mut member.info;
@@ -693,6 +858,7 @@ impl Meeting {
             version: self.version,
             grants: self.members[sid].grants,
             ice_servers: Vec::new(),
+            mode: self.mode(),
         }
     }
 
@@ -731,6 +897,19 @@ fn check_chars(field: &str, value: &str, max: usize) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// `sdp` is within the size bound and fits `grants`.
+fn check_sdp_fits(sdp: &str, grants: &Grants) -> Result<(), Error> {
+    if sdp.len() > MAX_SDP_BYTES {
+        return Err(Error::Invalid(format!(
+            "an SDP is at most {MAX_SDP_BYTES} bytes"
+        )));
+    }
+    check_sdp(sdp, grants).map_err(|e| match e {
+        SdpError::Invalid(m) => Error::Invalid(m),
+        SdpError::NotGranted(m) => Error::Forbidden(m),
+    })
 }
 
 fn check_candidate(c: &Candidate) -> Result<(), Error> {

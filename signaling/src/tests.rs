@@ -2,8 +2,8 @@
 //! every output drained and sorted into each connection's inbox.
 
 use crate::wire::{
-    Candidate, Grants, JoinReply, LeftReason, MeetingFrame, Participant, ParticipantState,
-    SignalKind, TrackKind, TrackSource,
+    Candidate, Grants, JoinReply, LeftReason, MeetingFrame, MeetingMode, Participant,
+    ParticipantState, SignalKind, TrackKind, TrackSource,
 };
 use crate::{Config, ConnId, Error, Joiner, MAX_TRACKS, Meeting, Millis, Output};
 use std::collections::HashMap;
@@ -29,6 +29,8 @@ struct Sim {
     inbox: HashMap<ConnId, Vec<MeetingFrame>>,
     /// Presence changes, in order.
     presence: Vec<(ConnId, bool)>,
+    /// Media routes opened (`true`) and closed, in order.
+    routes: Vec<(String, bool)>,
 }
 
 impl Sim {
@@ -38,6 +40,7 @@ impl Sim {
             now: T0,
             inbox: HashMap::new(),
             presence: Vec::new(),
+            routes: Vec::new(),
         }
     }
 
@@ -81,6 +84,7 @@ impl Sim {
                     }
                 }
                 Output::Presence { conn, in_meeting } => self.presence.push((conn, in_meeting)),
+                Output::Route { ufrag, open } => self.routes.push((ufrag, open)),
             }
         }
     }
@@ -862,4 +866,167 @@ fn a_meeting_is_empty_once_everyone_is_gone() {
     assert!(!sim.meeting.is_empty(), "bob may still come back");
     sim.advance(10_000);
     assert!(sim.meeting.is_empty());
+}
+
+fn sfu() -> Sim {
+    let mut sim = Sim::default();
+    let room = crate::sfu::Room::new(
+        crate::sfu::RoomConfig {
+            candidates: vec!["127.0.0.1:7702".parse().unwrap()],
+            ..Default::default()
+        },
+        std::time::Instant::now(),
+    );
+    sim.meeting = Meeting::new("_acme", "standup", "t", Config::default()).with_sfu(room);
+    sim
+}
+
+/// The offers in `frames`, as (sdp, [(track, publisher)]).
+fn offers(frames: &[MeetingFrame]) -> Vec<(String, Vec<(String, String)>)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            MeetingFrame::Offer { sdp, media, .. } => Some((
+                sdp.clone(),
+                (media.iter())
+                    .map(|l| (l.track.clone(), l.participant.clone()))
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The answer of a new str0m client to `offer`.
+fn client_answer(offer: &str) -> String {
+    let mut client = str0m::Rtc::new(std::time::Instant::now());
+    let offer = str0m::change::SdpOffer::from_sdp_string(offer).unwrap();
+    let answer = client.sdp_api().accept_offer(offer).unwrap();
+    answer.to_sdp_string()
+}
+
+#[test]
+fn sfu_meetings_offer_every_track_to_every_subscriber() {
+    let mut sim = sfu();
+    let alice = sim.join_as(1, "alice", ALL, None).unwrap();
+    assert_eq!(alice.mode, MeetingMode::Sfu);
+    let alice = alice.participant.sid;
+    // The first offer opens the session (a data channel, no media yet).
+    let first = offers(&sim.take(1));
+    assert_eq!(first.len(), 1);
+    assert!(first[0].0.contains("m=application"), "{}", first[0].0);
+    assert!(first[0].0.contains("a=candidate") && first[0].0.contains("127.0.0.1 7702"));
+    assert!(first[0].1.is_empty());
+    assert_eq!(sim.routes.len(), 1);
+    assert!(sim.routes[0].1);
+
+    // Alice answers it, as a client would.
+    let answer = client_answer(&first[0].0);
+    sim.meeting.answer(1, &answer).unwrap();
+    // Nothing waits for an answer now.
+    assert!(matches!(
+        sim.meeting.answer(1, &answer),
+        Err(Error::Invalid(_))
+    ));
+
+    // Her track gets a line she sends on; a viewer joining gets a line to receive it.
+    let track = sim
+        .meeting
+        .publish(1, "cam", TrackKind::Video, TrackSource::Camera, false)
+        .unwrap()
+        .sid;
+    sim.drain();
+    let frames = sim.take(1);
+    assert!(matches!(frames[0], MeetingFrame::Participants { .. }));
+    let offered = offers(&frames);
+    assert_eq!(offered[0].1, [(track.clone(), alice.clone())]);
+    assert!(offered[0].0.contains("a=recvonly"));
+    sim.join_as(2, "viewer", VIEWER, None).unwrap();
+    let offered = offers(&sim.take(2));
+    assert_eq!(offered[0].1, [(track.clone(), alice.clone())]);
+    assert!(offered[0].0.contains("a=sendonly"));
+    // The viewer answers it, data channel included, without the data grant: the channel is
+    // the server's.
+    let answer = client_answer(&offered[0].0);
+    assert!(answer.contains("m=application") && answer.contains("a=recvonly"));
+    sim.meeting.answer(2, &answer).unwrap();
+
+    // Peer-to-peer signals have no place here.
+    let e = sim
+        .meeting
+        .signal(2, &alice, SignalKind::Offer, Some("v=0".into()), None);
+    assert!(matches!(e, Err(Error::Invalid(_))));
+    // A viewer may not answer with a line it sends on.
+    let sending = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n";
+    assert!(matches!(
+        sim.meeting.answer(2, sending),
+        Err(Error::Forbidden(_))
+    ));
+
+    // Unpublishing stops both lines; leaving closes the route.
+    sim.meeting.unpublish(1, &track).unwrap();
+    sim.drain();
+    assert!(
+        offers(&sim.take(1)).is_empty(),
+        "alice's last offer is not answered yet"
+    );
+    let stopped = offers(&sim.take(2));
+    assert!(
+        stopped[0].1.is_empty(),
+        "the viewer's line of the track stops"
+    );
+    assert!(stopped[0].0.contains("m=video 0 "), "{}", stopped[0].0);
+    sim.meeting.leave(2, None).unwrap();
+    sim.drain();
+    assert_eq!(sim.routes.iter().filter(|(_, open)| !open).count(), 1);
+    sim.meeting.leave(1, None).unwrap();
+    sim.drain();
+    assert_eq!(sim.routes.iter().filter(|(_, open)| !open).count(), 2);
+    assert!(sim.meeting.is_empty());
+}
+
+#[test]
+fn mesh_meetings_make_no_offers() {
+    let mut sim = Sim::default();
+    let reply = sim.join_as(1, "alice", ALL, None).unwrap();
+    assert_eq!(reply.mode, MeetingMode::Mesh);
+    assert!(matches!(
+        sim.meeting.answer(1, "v=0"),
+        Err(Error::Invalid(_))
+    ));
+    sim.meeting
+        .publish(1, "cam", TrackKind::Video, TrackSource::Camera, false)
+        .unwrap();
+    sim.drain();
+    assert!(offers(&sim.take(1)).is_empty());
+    assert!(sim.routes.is_empty());
+}
+
+#[test]
+fn resuming_in_an_sfu_meeting_starts_a_new_session_with_the_same_tracks() {
+    let mut sim = sfu();
+    let alice = sim.join(1, "alice");
+    let track = (sim.meeting)
+        .publish(1, "cam", TrackKind::Video, TrackSource::Camera, false)
+        .unwrap()
+        .sid;
+    sim.join(2, "bob");
+    sim.drain();
+    let offered = offers(&sim.take(2));
+    assert_eq!(offered.len(), 1);
+    sim.meeting
+        .answer(2, &client_answer(&offered[0].0))
+        .unwrap();
+    let first_ufrag = sim.routes[0].0.clone();
+
+    sim.meeting.handle_disconnect(1, sim.now);
+    sim.join_as(3, "alice", ALL, Some(&alice)).unwrap();
+    sim.drain();
+    // Alice's old session is gone, a new one is offered with her track to send...
+    assert!(sim.routes.contains(&(first_ufrag, false)));
+    let resumed = offers(&sim.take(3));
+    assert_eq!(resumed[0].1, [(track.clone(), alice.clone())]);
+    // ...and bob receives it again, on a new line.
+    let again = offers(&sim.take(2));
+    assert_eq!(again.last().unwrap().1, [(track, alice)]);
 }

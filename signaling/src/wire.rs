@@ -100,6 +100,18 @@ pub enum SignalKind {
     Candidate,
 }
 
+/// One m-line of an SFU offer: the track it carries. A line of the receiver's own track is
+/// the one it sends that track on; any other line brings it `participant`'s track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaLine {
+    pub mid: String,
+    /// The track's sid.
+    pub track: String,
+    /// The track's publisher.
+    pub participant: String,
+    pub kind: TrackKind,
+}
+
 /// A trickled ICE candidate, as `RTCIceCandidateInit` has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -122,6 +134,18 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// How a meeting carries media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingMode {
+    /// Peer to peer: participants negotiate with each other through `meeting.signal`.
+    #[default]
+    Mesh,
+    /// Through the server: each participant has one session with the server, which offers
+    /// (`meeting.offer`) and forwards every track to its subscribers.
+    Sfu,
+}
+
 /// The reply to `meeting.join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinReply {
@@ -136,6 +160,9 @@ pub struct JoinReply {
     pub grants: Grants,
     /// Filled in by the server from its configuration.
     pub ice_servers: Vec<IceServer>,
+    /// How the meeting carries media, chosen when it was created.
+    #[serde(default)]
+    pub mode: MeetingMode,
 }
 
 /// Every `meeting.*` request a client may send.
@@ -154,6 +181,9 @@ pub enum MeetingRequest {
         /// The sid of a participant of the same user to take over.
         #[serde(default)]
         resume: Option<String>,
+        /// The mode of the meeting, if this join creates it (default: the server's choice).
+        #[serde(default)]
+        mode: Option<MeetingMode>,
     },
     #[serde(rename = "meeting.publish")]
     Publish {
@@ -188,6 +218,15 @@ pub enum MeetingRequest {
         /// Absent or `null` with kind `candidate`: the end of candidates.
         #[serde(default)]
         candidate: Option<Candidate>,
+    },
+    /// The answer to the server's last `meeting.offer` (SFU mode).
+    #[serde(rename = "meeting.answer")]
+    Answer {
+        id: RequestId,
+        room: String,
+        #[serde(default)]
+        space: Option<String>,
+        sdp: String,
     },
     #[serde(rename = "meeting.mute")]
     Mute {
@@ -240,6 +279,7 @@ impl MeetingRequest {
         "meeting.publish",
         "meeting.unpublish",
         "meeting.signal",
+        "meeting.answer",
         "meeting.mute",
         "meeting.remove",
         "meeting.data",
@@ -272,6 +312,9 @@ impl MeetingRequest {
                 id, room, space, ..
             }
             | MeetingRequest::Signal {
+                id, room, space, ..
+            }
+            | MeetingRequest::Answer {
                 id, room, space, ..
             }
             | MeetingRequest::Mute {
@@ -318,6 +361,16 @@ pub enum MeetingFrame {
             deserialize_with = "present"
         )]
         candidate: Option<Option<Candidate>>,
+    },
+    /// The server's offer for the receiver's session (SFU mode): answer it with
+    /// `meeting.answer`.
+    #[serde(rename = "meeting.offer")]
+    Offer {
+        space: String,
+        room: String,
+        sdp: String,
+        /// Every media line of the session once answered, and the track each carries.
+        media: Vec<MediaLine>,
     },
     #[serde(rename = "meeting.data")]
     Data {
@@ -371,7 +424,8 @@ mod tests {
                 room: "r".into(),
                 space: None,
                 name: None,
-                resume: None
+                resume: None,
+                mode: None
             }
         );
         let publish: MeetingRequest = serde_json::from_value(json!({

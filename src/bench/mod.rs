@@ -13,7 +13,9 @@
 //!   run unchanged against nats-server for comparison (`benches/compare.sh`).
 //! - `yjs_hocuspocus`: the Hocuspocus provider protocol (`chorus bench yjs --yjs-server
 //!   hocuspocus`), so the yjs scenario runs unchanged against `@hocuspocus/server`.
-//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`): `XArgs`
+//! - `rtc_peer`: a meeting participant with real WebRTC media (webrtc-rs), negotiating as the
+//!   browser SDK does; the `meeting` scenario runs several, and the interop tests meet Chromium.
+//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`, `meeting`): `XArgs`
 //!   (clap) and `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario`
 //!   variant and a match arm in `run`.
 //!
@@ -24,9 +26,11 @@
 pub mod chat;
 pub mod connections;
 pub mod fanout;
+pub mod meeting;
 pub mod nats;
 pub mod presence;
 pub mod report;
+pub mod rtc_peer;
 pub mod scan;
 pub mod target;
 pub mod usage;
@@ -78,6 +82,10 @@ pub enum Scenario {
     /// edit to every other client, lost edits, server CPU per delivered update. Runs against
     /// Chorus or the reference y-websocket server.
     Yjs(yjs::YjsArgs),
+    /// A WebRTC meeting: N webrtc-rs peers join one room through the session protocol and
+    /// send each other synthetic audio and video in a mesh; join latency, time to first
+    /// media, RTP packets per second received, loss.
+    Meeting(meeting::MeetingArgs),
 }
 
 impl Scenario {
@@ -88,6 +96,7 @@ impl Scenario {
             Scenario::Presence(a) => &a.common,
             Scenario::Chat(a) => &a.common,
             Scenario::Yjs(a) => &a.common,
+            Scenario::Meeting(a) => &a.common,
         }
     }
 
@@ -99,6 +108,7 @@ impl Scenario {
             Scenario::Presence(a) => presence::run(a).await,
             Scenario::Chat(a) => chat::run(a).await,
             Scenario::Yjs(a) => yjs::run(a).await,
+            Scenario::Meeting(a) => meeting::run(a).await,
         }
     }
 }

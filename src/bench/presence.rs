@@ -814,7 +814,7 @@ mod tests {
                 trouble: BTreeMap::new(),
             };
             w.apply(lean, Instant::now());
-            assert_eq!(w.online, ["a".to_string()].into());
+            assert_eq!(w.online, HashSet::from(["a".to_string()]));
             assert_eq!((w.frames, w.entries), (1, 2));
         }
         let ping = encode_server(&ServerFrame::Ping, Encoding::Json);

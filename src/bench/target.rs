@@ -561,6 +561,19 @@ pub async fn abort_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// A request frame in `encoding`, its `type` first as clients write it (the server then
+/// decodes by it at once).
+pub fn encode_request(frame: &Value, encoding: Encoding) -> anyhow::Result<Vec<u8>> {
+    let object = frame
+        .as_object()
+        .ok_or_else(|| anyhow!("a request is a JSON object"))?;
+    let frame = crate::protocol::TypeFirst(object);
+    Ok(match encoding {
+        Encoding::Json => serde_json::to_vec(&frame)?,
+        Encoding::Msgpack => rmp_serde::to_vec_named(&frame)?,
+    })
+}
+
 /// A connection that said `hello`: requests one at a time or pipelined, for set-up. Load loops
 /// take its `reader` and `writer` apart.
 pub struct Conn {
@@ -582,16 +595,7 @@ impl Conn {
         let id = self.next_id;
         self.next_id += 1;
         frame["id"] = json!(id);
-        // `type` first, as clients write it (the server then decodes by it at once).
-        let object = frame
-            .as_object()
-            .ok_or_else(|| anyhow::anyhow!("a request is a JSON object"))?;
-        let frame = crate::protocol::TypeFirst(object);
-        let bytes = match self.encoding {
-            Encoding::Json => serde_json::to_vec(&frame)?,
-            Encoding::Msgpack => rmp_serde::to_vec_named(&frame)?,
-        };
-        self.writer.push(&bytes);
+        self.writer.push(&encode_request(&frame, self.encoding)?);
         Ok(id)
     }
 

@@ -1,12 +1,13 @@
 //! Lean client connections for load tests: WebSocket and QUIC, split into a `Reader` and a
 //! `Writer`, with none of `client::Client`'s per-frame decoding.
 //!
-//! WebSocket: the upgrade is a hand-written HTTP/1.1 request (the key from tungstenite), and
-//! frames are parsed here: the server's frames are unmasked, unfragmented text or binary
-//! messages, so a reader only needs the 2-to-10-byte header. Reads go into one large buffer per
-//! worker thread (only a partial frame's tail stays with the connection), so thousands of
-//! connections cost little memory while each read still drains the socket in one syscall.
-//! Client frames are masked, as RFC 6455 requires.
+//! WebSocket: the upgrade is a hand-written HTTP/1.1 request, and frames are split here with
+//! the server's own codec (`transport::wsframe`: headers, masking, the handshake's keys): the
+//! server's frames are unmasked, unfragmented text or binary messages, so a reader only needs
+//! the 2-to-10-byte header. Reads go into one large buffer per worker thread (only a partial
+//! frame's tail stays with the connection), so thousands of connections cost little memory
+//! while each read still drains the socket in one syscall. Client frames are masked, as
+//! RFC 6455 requires.
 //!
 //! QUIC: the control stream read with `read_chunk` and split with `protocol::framing`.
 //!
@@ -15,6 +16,7 @@
 //! into protocol units, the writer sends everything pushed before a flush as one frame.
 
 use crate::protocol::framing::FrameDecoder;
+use crate::transport::wsframe::{self, OpCode};
 use anyhow::{Context, bail};
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -116,7 +118,9 @@ pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(
         .await
         .with_context(|| format!("cannot connect to {}", to.addr))?;
     stream.set_nodelay(true)?;
-    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).context("no random source for the WebSocket key")?;
+    let key = wsframe::client_key(nonce);
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -144,7 +148,7 @@ pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(
         let body = String::from_utf8_lossy(&response[end..]);
         bail!("WebSocket upgrade refused: {status} {}", body.trim());
     }
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = wsframe::accept_key(key.as_bytes());
     let accepted = head.lines().any(|line| {
         line.split_once(':').is_some_and(|(name, value)| {
             name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
@@ -359,47 +363,35 @@ fn parse_ws<F: FnMut(&[u8], Instant)>(
     let mut pos = 0;
     loop {
         let b = &data[pos..];
-        let Some(&[b0, b1]) = b.first_chunk::<2>() else {
+        let Some(header) = wsframe::parse_header(b) else {
             break;
         };
-        if b1 & 0x80 != 0 {
+        if header.mask.is_some() {
             bail!("the server sent a masked WebSocket frame");
         }
-        let (len, header) = match b1 & 0x7f {
-            126 => match b.get(2..4) {
-                Some(l) => (usize::from(u16::from_be_bytes([l[0], l[1]])), 4),
-                None => break,
-            },
-            127 => match b.get(2..10) {
-                Some(l) => (
-                    usize::try_from(u64::from_be_bytes(l.try_into()?)).unwrap_or(usize::MAX),
-                    10,
-                ),
-                None => break,
-            },
-            n => (usize::from(n), 2),
-        };
+        let len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
         if len > MAX_FRAME {
             bail!("the server sent a WebSocket frame of {len} bytes");
         }
-        let Some(payload) = b.get(header..header + len) else {
+        let Some(payload) = b.get(header.header_len..header.header_len + len) else {
             break;
         };
-        pos += header + len;
-        let fin = b0 & 0x80 != 0;
-        match b0 & 0x0f {
-            0x1 | 0x2 if fin && frag.is_empty() => on_frame(payload, now),
-            0x0..=0x2 => {
+        pos += header.header_len + len;
+        match OpCode::from_bits(header.opcode) {
+            Some(OpCode::Text | OpCode::Binary) if header.fin && frag.is_empty() => {
+                on_frame(payload, now)
+            }
+            Some(OpCode::Continuation | OpCode::Text | OpCode::Binary) => {
                 frag.extend_from_slice(payload);
                 if frag.len() > MAX_FRAME {
                     bail!("the server sent a fragmented message over {MAX_FRAME} bytes");
                 }
-                if fin {
+                if header.fin {
                     on_frame(frag, now);
                     frag.clear();
                 }
             }
-            0x8 => {
+            Some(OpCode::Close) => {
                 let reason = match payload {
                     [a, b, reason @ ..] => format!(
                         "closed {}: {}",
@@ -410,40 +402,25 @@ fn parse_ws<F: FnMut(&[u8], Instant)>(
                 };
                 return Ok((pos, Some(reason)));
             }
-            0x9 => pings.push(payload.to_vec()),
-            0xa => {}
-            op => bail!("the server sent a WebSocket frame with opcode {op}"),
+            Some(OpCode::Ping) => pings.push(payload.to_vec()),
+            Some(OpCode::Pong) => {}
+            None => bail!(
+                "the server sent a WebSocket frame with opcode {}",
+                header.opcode
+            ),
         }
     }
     Ok((pos, None))
 }
 
 /// Append one masked client frame; `mask` is the xorshift state that picks a fresh key per frame.
-fn encode_ws(buf: &mut Vec<u8>, mask: &mut u32, opcode: u8, payload: &[u8]) {
-    buf.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => buf.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            buf.push(0x80 | 126);
-            buf.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            buf.push(0x80 | 127);
-            buf.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+fn encode_ws(buf: &mut Vec<u8>, mask: &mut u32, opcode: OpCode, payload: &[u8]) {
     let mut m = *mask;
     m ^= m << 13;
     m ^= m >> 17;
     m ^= m << 5;
     *mask = m;
-    let key = m.to_ne_bytes();
-    buf.extend_from_slice(&key);
-    let start = buf.len();
-    buf.extend_from_slice(payload);
-    for (i, byte) in buf[start..].iter_mut().enumerate() {
-        *byte ^= key[i & 3];
-    }
+    wsframe::encode_client(buf, true, opcode, payload, m.to_ne_bytes());
 }
 
 impl Writer {
@@ -463,9 +440,9 @@ impl Writer {
         match self.inner {
             WriterInner::Ws(_) => {
                 let opcode = if payload.first() == Some(&b'{') {
-                    0x1
+                    OpCode::Text
                 } else {
-                    0x2
+                    OpCode::Binary
                 };
                 self.push_ws(opcode, payload);
             }
@@ -477,14 +454,14 @@ impl Writer {
         }
     }
 
-    fn push_ws(&mut self, opcode: u8, payload: &[u8]) {
+    fn push_ws(&mut self, opcode: OpCode, payload: &[u8]) {
         encode_ws(&mut self.buf, &mut self.mask, opcode, payload);
     }
 
     /// Queue a WebSocket pong (no-op on QUIC).
     pub fn pong(&mut self, payload: &[u8]) {
         if let WriterInner::Ws(_) = self.inner {
-            self.push_ws(0xa, payload);
+            self.push_ws(OpCode::Pong, payload);
         }
     }
 
@@ -504,7 +481,7 @@ impl Writer {
             && !stream.is_empty()
         {
             for piece in stream.chunks(STREAM_FRAME) {
-                encode_ws(&mut self.buf, &mut self.mask, 0x2, piece);
+                encode_ws(&mut self.buf, &mut self.mask, OpCode::Binary, piece);
             }
             stream.clear();
             if stream.capacity() > 1 << 20 {
@@ -539,7 +516,10 @@ impl Writer {
                 if let Some(stream) = &mut self.stream {
                     stream.clear();
                 }
-                self.push_ws(0x8, &1000u16.to_be_bytes());
+                self.push_ws(
+                    OpCode::Close,
+                    &wsframe::close_payload(wsframe::CLOSE_NORMAL, ""),
+                );
                 let _ = self.flush().await;
                 if let WriterInner::Ws(write) = &mut self.inner {
                     let _ = write.shutdown().await;
@@ -553,20 +533,12 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wsframe::Header;
 
-    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(n as u8),
-            n @ 126..=65535 => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+    fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut out = Header::new(fin, opcode, payload.len(), None)
+            .as_bytes()
+            .to_vec();
         out.extend_from_slice(payload);
         out
     }
@@ -574,14 +546,14 @@ mod tests {
     #[test]
     fn splits_frames_across_any_boundary() {
         let big = vec![b'y'; 70_000];
-        let mut wire = frame(true, 1, b"{\"a\":1}");
-        wire.extend(frame(true, 2, &[0x80]));
-        wire.extend(frame(true, 9, b"p"));
-        wire.extend(frame(false, 1, b"{\"b\""));
-        wire.extend(frame(true, 0, b":2}"));
-        wire.extend(frame(true, 1, &vec![b'z'; 300]));
-        wire.extend(frame(true, 2, &big));
-        wire.extend(frame(true, 8, b"\x03\xe8bye"));
+        let mut wire = frame(true, OpCode::Text, b"{\"a\":1}");
+        wire.extend(frame(true, OpCode::Binary, &[0x80]));
+        wire.extend(frame(true, OpCode::Ping, b"p"));
+        wire.extend(frame(false, OpCode::Text, b"{\"b\""));
+        wire.extend(frame(true, OpCode::Continuation, b":2}"));
+        wire.extend(frame(true, OpCode::Text, &vec![b'z'; 300]));
+        wire.extend(frame(true, OpCode::Binary, &big));
+        wire.extend(frame(true, OpCode::Close, b"\x03\xe8bye"));
         for cut in [1, 2, 3, 7, 100, 1000, wire.len()] {
             let (mut frag, mut pings, mut got) = (Vec::new(), Vec::new(), Vec::<Vec<u8>>::new());
             let mut carried = Vec::new();
@@ -611,32 +583,25 @@ mod tests {
     }
 
     #[test]
-    fn client_frames_are_masked() {
+    fn client_frames_are_masked_with_a_fresh_key_each() {
         let mut mask = 12345u32;
+        let mut keys = Vec::new();
         for payload in [
             &b"{\"type\":\"pong\"}"[..],
             &[0x81; 300][..],
             &[7; 70_000][..],
         ] {
             let mut buf = Vec::new();
-            encode_ws(&mut buf, &mut mask, 1, payload);
-            let (len, header) = match buf[1] & 0x7f {
-                126 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 => (
-                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                n => (n as usize, 2),
-            };
-            assert_eq!((buf[0], buf[1] & 0x80, len), (0x81, 0x80, payload.len()));
-            let key = &buf[header..header + 4];
-            let unmasked: Vec<u8> = buf[header + 4..]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ key[i & 3])
-                .collect();
+            encode_ws(&mut buf, &mut mask, OpCode::Text, payload);
+            let header = wsframe::parse_header(&buf).unwrap();
+            let key = header.mask.expect("client frames are masked");
+            assert_eq!(header.payload_len, payload.len() as u64);
+            let mut unmasked = buf[header.header_len..].to_vec();
+            wsframe::mask(&mut unmasked, key);
             assert_eq!(unmasked, payload);
-            assert_ne!(&buf[header + 4..], payload, "the key is not zero");
+            assert_ne!(key, [0; 4]);
+            keys.push(key);
         }
+        assert!(keys[0] != keys[1] && keys[1] != keys[2]);
     }
 }

@@ -75,7 +75,10 @@ impl ChatFeed for HubFeed {
         if event.kind != EventKind::Message {
             self.hub.forget_tail(&channel);
         }
-        self.hub.deliver(&channel, event.offset, event_data(event));
+        // Without a channel nobody listens, and `deliver` would drop the data unread.
+        if self.hub.is_open(&channel) {
+            self.hub.deliver(&channel, event.offset, event_data(event));
+        }
     }
 }
 

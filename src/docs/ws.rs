@@ -17,15 +17,11 @@ use crate::protocol::{ErrorCode, PresenceRequest};
 use crate::server::Shared;
 use crate::spaces::ServiceError;
 use crate::store::DocRecord;
-use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
+use crate::transport::ws::{self, Upgraded, WsReadError, WsReader, WsWriter};
+use crate::transport::wsframe::{self, OpCode};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 /// How long a closing connection's last frames may take to leave.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -39,29 +35,18 @@ pub struct Request {
 }
 
 /// Serve one upgraded connection on `/yjs/`.
-pub async fn run(
-    shared: Arc<Shared>,
-    upgraded: hyper::upgrade::Upgraded,
-    request: Request,
-    permit: Permit,
-) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(shared.config.ws_read_buffer)
-        .max_message_size(Some(shared.config.doc_max_bytes))
-        .max_frame_size(Some(shared.config.doc_max_bytes));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (mut sink, mut stream) = ws.split();
+pub async fn run(shared: Arc<Shared>, upgraded: Upgraded, request: Request, permit: Permit) {
+    let (mut reader, writer) = ws::split(upgraded, shared.config.doc_max_bytes, |_| OpCode::Binary);
     let admitted = admit(&shared, &request).await;
     let (doc, claims, read_only) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => {
             tracing::debug!(doc = request.doc, error = %e.message, "document refused");
-            let _ = sink
-                .feed(Message::Binary(permission_denied(&e.message)))
+            let refusal = permission_denied(&e.message);
+            writer
+                .close(Some(refusal), Some((close_status(e.code), &e.message)))
                 .await;
-            let _ = sink.send(close(e.code, &e.message)).await;
-            drain(&mut stream).await;
+            drain(&mut reader).await;
             return;
         }
     };
@@ -80,10 +65,12 @@ pub async fn run(
     {
         Ok(joined) => joined,
         Err(message) => {
-            let _ = sink.send(close(ErrorCode::Internal, &message)).await;
+            let status = close_status(ErrorCode::Internal);
+            writer.close(None, Some((status, &message))).await;
             return;
         }
     };
+    reader.attach(&outbox);
     tracing::debug!(parent: &span, read_only, "document opened");
     // Counted with the WebSocket connections (frames written are not: they leave through the
     // outbox, whose depth and delay are measured there).
@@ -97,13 +84,13 @@ pub async fn run(
     if let Err(e) = shared.presence.tell(conn, viewing(&doc, true)).await {
         tracing::debug!(parent: &span, error = %e.message, "viewer not shown in presence");
     }
-    let writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    let writer = tokio::spawn(write_loop(writer, outbox.clone()));
     let closed = outbox.closed_token();
     let activity_every = Duration::from_millis(shared.config.presence_idle_timeout_ms / 10);
     let mut last_activity = Instant::now();
     loop {
         let message = tokio::select! {
-            m = stream.next() => m,
+            m = reader.next_message() => m,
             _ = closed.cancelled() => break,
             _ = shared.shutdown.cancelled() => {
                 outbox.close(CloseReason::graceful(ErrorCode::ShuttingDown, "the server is shutting down", true));
@@ -111,7 +98,8 @@ pub async fn run(
             }
         };
         match message {
-            Some(Ok(Message::Binary(frame))) => {
+            Ok(Some(message)) if !message.text => {
+                let frame = message.payload;
                 metrics.frames_in.inc();
                 metrics.bytes_in.inc_by(frame.len() as u64);
                 // An edit is activity: without it, a user who only edits through y-websocket
@@ -126,7 +114,7 @@ pub async fn run(
                     break;
                 }
             }
-            Some(Ok(Message::Text(_))) => {
+            Ok(Some(_)) => {
                 outbox.close(CloseReason::graceful(
                     ErrorCode::MalformedFrame,
                     "y-websocket frames are binary",
@@ -134,16 +122,15 @@ pub async fn run(
                 ));
                 break;
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Err(WsError::Capacity(e))) => {
-                outbox.close(CloseReason::graceful(
-                    ErrorCode::FrameTooLarge,
-                    format!("frame too large: {e}"),
-                    false,
-                ));
+            Err(WsReadError::Protocol(e)) => {
+                let code = match e {
+                    wsframe::Error::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    _ => ErrorCode::MalformedFrame,
+                };
+                outbox.close(CloseReason::graceful(code, e.to_string(), false));
                 break;
             }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Ok(None) | Err(WsReadError::Io(_)) => break,
         }
     }
     joined.leave().await;
@@ -153,7 +140,7 @@ pub async fn run(
     if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
         abort.abort();
     }
-    drain(&mut stream).await;
+    drain(&mut reader).await;
     metrics.connections.dec();
     tracing::debug!(parent: &span, "document connection closed");
 }
@@ -161,66 +148,46 @@ pub async fn run(
 /// Read what the client still sends until its close frame or the end of the socket (for at
 /// most `CLOSE_GRACE`): closing a socket with unread data resets it, and the client would lose
 /// the last frames, the refusal and the close code among them.
-async fn drain(stream: &mut Stream) {
+async fn drain(reader: &mut WsReader) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(_)) = stream.next().await {}
+        while let Ok(Some(_)) = reader.next_message().await {}
     })
     .await;
 }
 
-type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
-
-type Sink =
-    futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
-
 /// Write the outbox's frames as binary messages until it closes; then close the socket with
 /// the reason's code.
-async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>) {
+async fn write_loop(mut writer: WsWriter, outbox: Arc<Outbox>) {
     let mut batch = VecDeque::new();
     loop {
         match outbox.next_batch(&mut batch).await {
             Batch::Frames(_) => {
-                for frame in batch.drain(..) {
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
+                if writer.write_frames(&mut batch).await.is_err() {
                     return;
                 }
             }
             Batch::Closed(reason) => {
-                if reason.goodbye {
-                    let _ = sink.send(close(reason.code, &reason.message)).await;
-                }
-                let _ = sink.close().await;
+                let status = close_status(reason.code);
+                let close = reason.goodbye.then_some((status, reason.message.as_str()));
+                writer.close(None, close).await;
                 return;
             }
         }
     }
 }
 
-/// The close frame for `code`. The provider gives up on 4400–4499 and reconnects on others.
-fn close(code: ErrorCode, message: &str) -> Message {
-    let code = match code {
+/// The close status for `code`. The provider gives up on 4400–4499 and reconnects on others.
+fn close_status(code: ErrorCode) -> u16 {
+    match code {
         ErrorCode::MalformedFrame | ErrorCode::InvalidRequest => 4400,
         ErrorCode::InvalidToken | ErrorCode::TokenExpired => 4401,
         ErrorCode::Forbidden => 4403,
         ErrorCode::NotFound => 4404,
         ErrorCode::FrameTooLarge => 4413,
-        ErrorCode::ShuttingDown => u16::from(CloseCode::Away),
-        ErrorCode::SlowConsumer | ErrorCode::RateLimited => u16::from(CloseCode::Again),
-        _ => u16::from(CloseCode::Error),
-    };
-    // A close reason is at most 123 bytes.
-    let mut reason = message.to_string();
-    while reason.len() > 123 {
-        reason.pop();
+        ErrorCode::ShuttingDown => 1001,
+        ErrorCode::SlowConsumer | ErrorCode::RateLimited => 1013,
+        _ => 1011,
     }
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from(reason),
-    }))
 }
 
 /// The token's user, the document (created if the configuration allows), and whether the

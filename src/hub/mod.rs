@@ -198,7 +198,6 @@ impl Hub {
             }
             self.metrics.publishes.inc();
             self.metrics.deliveries.inc_by(delivered as u64);
-            self.metrics.queued_frames.inc_by(delivered as i64);
             Published {
                 position: Position {
                     epoch: state.epoch,
@@ -261,7 +260,6 @@ impl Hub {
         }
         self.metrics.publishes.inc();
         self.metrics.deliveries.inc_by(delivered as u64);
-        self.metrics.queued_frames.inc_by(delivered as i64);
         delivered
     }
 
@@ -306,7 +304,6 @@ impl Hub {
                             replayed += 1;
                         }
                     }
-                    self.metrics.queued_frames.inc_by(replayed as i64);
                     Some((*head, replayed))
                 }
                 _ => None,
@@ -347,19 +344,16 @@ impl Hub {
         let pending = state.pending.remove(&conn)?;
         let outbox = pending.outbox;
         let now = tokio::time::Instant::now();
-        let mut queued = 0;
         let mut last = head;
         let held = pending.held.iter().filter(|(offset, _)| *offset > head);
         let replay: Vec<(u64, Arc<Value>)> =
             replay.into_iter().map(|(o, v)| (o, Arc::new(v))).collect();
         for (offset, data) in replay.iter().chain(held) {
             let frame = encode_message(name, *offset, data, outbox.encoding());
-            if outbox.push(frame, now).is_ok() {
-                queued += 1;
-            }
+            // A full outbox closes its connection as a slow consumer.
+            let _ = outbox.push(frame, now);
             last = last.max(*offset);
         }
-        self.metrics.queued_frames.inc_by(queued as i64);
         Self::add_live(&mut state, &outbox);
         Some(last)
     }
@@ -402,6 +396,12 @@ impl Hub {
             state.removed = dead;
             !dead
         });
+    }
+
+    /// Whether channel `name` exists (it has subscribers, or had recently); `deliver` to one
+    /// that does not is a no-op.
+    pub fn is_open(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
     }
 
     pub fn channel_count(&self) -> usize {
@@ -455,6 +455,40 @@ mod tests {
             text,
             r#"{"type":"message","channel":"topic:s/a","offset":5,"data":4}"#
         );
+    }
+
+    #[tokio::test]
+    async fn queued_frames_counts_what_outboxes_hold() {
+        let metrics = Arc::new(Metrics::new());
+        let queued = || metrics.queued_frames.get();
+        let hub = Hub::new(metrics.clone());
+        let new = |id| Arc::new(Outbox::new(id, 1 << 20, metrics.clone()));
+        let (drained, closed, dropped) = (new(1), new(2), new(3));
+        for outbox in [&drained, &closed, &dropped] {
+            hub.subscribe("topic:s/a", outbox).unwrap();
+        }
+        hub.publish("topic:s/a", &serde_json::json!(1));
+        // A frame queued by a service outside the hub counts the same.
+        drained
+            .push(Bytes::from_static(b"{}"), tokio::time::Instant::now())
+            .unwrap();
+        assert_eq!(queued(), 4);
+        assert_eq!(drain(&drained).await.len(), 2);
+        assert_eq!(queued(), 2);
+        closed.close(CloseReason::abort(
+            crate::protocol::ErrorCode::Forbidden,
+            "x",
+            false,
+        ));
+        let mut out = VecDeque::new();
+        assert!(matches!(
+            closed.next_batch(&mut out).await,
+            Batch::Closed(_)
+        ));
+        assert_eq!(queued(), 1);
+        hub.unsubscribe("topic:s/a", 3);
+        drop(dropped);
+        assert_eq!(queued(), 0);
     }
 
     #[tokio::test]

@@ -144,8 +144,8 @@ impl Outbox {
 
     /// Queue one frame without waiting. A frame that does not fit closes the outbox: the
     /// connection is a slow consumer and gets disconnected, never waited for. `now` is when the
-    /// frame was produced (one clock read per publish, not per subscriber). The caller counts
-    /// queued frames in `Metrics::queued_frames`, once per publish.
+    /// frame was produced (one clock read per publish, not per subscriber). A queued frame is
+    /// counted in `Metrics::queued_frames` until it is written or dropped.
     pub fn push(&self, frame: Bytes, now: Instant) -> Result<(), PushError> {
         let mut state = self.state.lock().expect("outbox lock is never poisoned");
         if state.closed.is_some() {
@@ -163,6 +163,7 @@ impl Outbox {
         }
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        self.metrics.queued_frames.inc();
         let was_empty = state.oldest.is_none();
         if was_empty {
             state.oldest = Some(now);

@@ -10,6 +10,11 @@
 //! the requester's outbox itself, then the frames the request caused, so a join reply always
 //! comes before the frames of later changes. Frames for several connections are encoded once
 //! per encoding.
+//!
+//! A meeting in SFU mode is also the worker of its media: its task owns the meeting's
+//! `signaling::sfu::Room` (every participant's WebRTC session), takes the datagrams the SFU's
+//! router (`crate::sfu`) queues for it, runs the room's timers, and sends what the room
+//! transmits. Nothing else touches the room, so the packet path takes no lock.
 
 pub mod session;
 
@@ -18,14 +23,16 @@ use crate::metrics::Metrics;
 use crate::presence_service::PresenceService;
 use crate::protocol::{ErrorCode, MeetingFrame, MeetingRequest, PresenceRequest, ServerFrame};
 use crate::protocol::{RequestId, encode_server};
+use crate::sfu::{Datagram, Sfu};
 use crate::spaces::ServiceError;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::{Value, json};
-use signaling::wire::IceServer;
+use signaling::sfu::{Room, RoomConfig, RoomStats};
+use signaling::wire::{IceServer, MeetingMode};
 use signaling::{ConnId, Joiner, Meeting, Output};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +48,10 @@ const BATCH: usize = 64;
 /// Presence changes waiting to be told; beyond it they are dropped (presence is best effort
 /// for meetings, as for documents).
 const PRESENCE_QUEUE: usize = 256;
+/// Datagrams queued for one SFU room; beyond, the router drops them.
+const DATAGRAM_QUEUE: usize = 4096;
+/// Datagrams a room takes in one turn before it sends what they caused.
+const DATAGRAM_BATCH: usize = 256;
 
 /// The answer to a command: `Ok` once the reply is queued to the connection.
 type Done = oneshot::Sender<Result<(), ServiceError>>;
@@ -78,6 +89,10 @@ pub struct Meetings {
 struct Inner {
     live: DashMap<String, mpsc::Sender<Command>>,
     config: signaling::Config,
+    /// Each SFU room's configuration, but its candidates (the SFU's).
+    room: RoomConfig,
+    /// Set once the server runs; meetings made before it (none, when serving) are peer to peer.
+    sfu: OnceLock<Arc<Sfu>>,
     metrics: Arc<Metrics>,
     presence: Arc<PresenceService>,
     shutdown: CancellationToken,
@@ -87,6 +102,7 @@ struct Inner {
 impl Meetings {
     pub fn new(
         config: signaling::Config,
+        room: RoomConfig,
         metrics: Arc<Metrics>,
         presence: Arc<PresenceService>,
         shutdown: CancellationToken,
@@ -96,12 +112,24 @@ impl Meetings {
             inner: Arc::new(Inner {
                 live: DashMap::new(),
                 config,
+                room,
+                sfu: OnceLock::new(),
                 metrics,
                 presence,
                 shutdown,
                 tasks,
             }),
         }
+    }
+
+    /// Meetings created from now on may use `sfu` for their media.
+    pub fn start_sfu(&self, sfu: Arc<Sfu>) {
+        let _ = self.inner.sfu.set(sfu);
+    }
+
+    /// Whether a meeting is live in `room` of `space`.
+    pub fn is_live(&self, space: &str, room: &str) -> bool {
+        self.inner.live.contains_key(&key(space, room))
     }
 
     /// Meetings live now.
@@ -113,14 +141,15 @@ impl Meetings {
         self.inner.live.is_empty()
     }
 
-    /// The task of the meeting in `room` of `space`, spawned if there is none.
-    fn task(&self, space: &str, room: &str) -> mpsc::Sender<Command> {
+    /// The task of the meeting in `room` of `space`, spawned in `mode` if there is none.
+    fn task(&self, space: &str, room: &str, mode: MeetingMode) -> mpsc::Sender<Command> {
         self.inner
             .live
             .entry(key(space, room))
             .or_insert_with(|| {
                 let (commands, queue) = mpsc::channel(QUEUE);
-                let task = MeetingTask::new(self.inner.clone(), space, room, commands.downgrade());
+                let me = commands.downgrade();
+                let task = MeetingTask::new(self.inner.clone(), space, room, me, mode);
                 let span = tracing::debug_span!("meeting", space, room);
                 self.inner.tasks.spawn(task.run(queue).instrument(span));
                 commands
@@ -153,6 +182,16 @@ struct MeetingTask {
     presence_rx: Option<mpsc::Receiver<(ConnId, PresenceRequest)>>,
     /// Participants counted in the metrics.
     counted: usize,
+    mode: MeetingMode,
+    /// SFU mode: the router, this room's queue, and the room's counters already reported.
+    media: Option<Media>,
+}
+
+struct Media {
+    sfu: Arc<Sfu>,
+    inbox: mpsc::Sender<Datagram>,
+    reported: RoomStats,
+    sessions: usize,
 }
 
 impl MeetingTask {
@@ -161,6 +200,7 @@ impl MeetingTask {
         space: &str,
         room: &str,
         me: mpsc::WeakSender<Command>,
+        mode: MeetingMode,
     ) -> MeetingTask {
         let (presence, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
         MeetingTask {
@@ -172,6 +212,8 @@ impl MeetingTask {
             presence,
             presence_rx: Some(presence_rx),
             counted: 0,
+            mode,
+            media: None,
         }
     }
 
@@ -181,9 +223,32 @@ impl MeetingTask {
         self.spawn_presence();
         let prefix = crate::spaces::random_id()[..6].to_string();
         let mut core = Meeting::new(&self.space, &self.room, &prefix, self.inner.config);
-        tracing::debug!("meeting started");
+        let (datagrams, mut datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let sfu = self
+            .inner
+            .sfu
+            .get()
+            .filter(|_| self.mode == MeetingMode::Sfu);
+        if let Some(sfu) = sfu {
+            let config = RoomConfig {
+                candidates: sfu.candidates().to_vec(),
+                ..self.inner.room.clone()
+            };
+            core = core.with_sfu(Room::new(config, std::time::Instant::now()));
+            self.inner.metrics.sfu.rooms.inc();
+            self.media = Some(Media {
+                sfu: sfu.clone(),
+                inbox: datagrams,
+                reported: RoomStats::default(),
+                sessions: 0,
+            });
+        } else if self.mode == MeetingMode::Sfu {
+            tracing::warn!("no SFU running: the meeting is peer to peer");
+        }
+        tracing::debug!(mode = ?core.mode(), "meeting started");
         loop {
             let deadline = core.poll_timeout();
+            let media_deadline = core.sfu_mut().and_then(|room| room.poll_timeout());
             tokio::select! {
                 command = queue.recv() => {
                     let Some(command) = command else { break };
@@ -197,6 +262,22 @@ impl MeetingTask {
                     }
                 }
                 _ = sleep_until_ms(deadline) => core.handle_timeout(crate::server::unix_ms() as u64),
+                Some(datagram) = datagrams_rx.recv(), if self.media.is_some() => {
+                    let room = core.sfu_mut().expect("SFU mode");
+                    let mut datagram = datagram;
+                    for _ in 0..DATAGRAM_BATCH {
+                        let Datagram { source, destination, at, contents } = datagram;
+                        room.handle_datagram(at, source, destination, &contents);
+                        match datagrams_rx.try_recv() {
+                            Ok(next) => datagram = next,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until_instant(media_deadline) => {
+                    let room = core.sfu_mut().expect("a media deadline comes from the room");
+                    room.handle_timeout(std::time::Instant::now());
+                }
                 _ = self.inner.shutdown.cancelled() => break,
             }
             self.execute(&mut core);
@@ -206,6 +287,17 @@ impl MeetingTask {
         }
         metrics.open.dec();
         metrics.participants.dec_by(self.counted as i64);
+        if let Some(media) = &self.media {
+            let sfu = &self.inner.metrics.sfu;
+            sfu.rooms.dec();
+            sfu.sessions.dec_by(media.sessions as i64);
+            // Sessions still routed (at shutdown) are forgotten with the room.
+            if let Some(room) = core.sfu_mut() {
+                for ufrag in room.ufrags() {
+                    media.sfu.unroute(ufrag);
+                }
+            }
+        }
         tracing::debug!("meeting ended");
     }
 
@@ -298,6 +390,11 @@ impl MeetingTask {
                 metrics.signals.inc();
                 json!({})
             }
+            MeetingRequest::Answer { sdp, .. } => {
+                core.answer(conn, &sdp)?;
+                metrics.signals.inc();
+                json!({})
+            }
             MeetingRequest::Mute {
                 track,
                 muted,
@@ -329,15 +426,16 @@ impl MeetingTask {
             match output {
                 Output::Send { conn, frame } => {
                     if let Some(outbox) = self.outboxes.get(&conn) {
-                        let mut encoded = Encoded::new(frame);
-                        self.push(outbox, encoded.get(outbox), now);
+                        // A full outbox closes its connection as a slow consumer; its
+                        // disconnect follows.
+                        let _ = outbox.push(Encoded::new(frame).get(outbox), now);
                     }
                 }
                 Output::Broadcast { conns, frame } => {
                     let mut encoded = Encoded::new(frame);
                     for conn in conns {
                         if let Some(outbox) = self.outboxes.get(&conn) {
-                            self.push(outbox, encoded.get(outbox), now);
+                            let _ = outbox.push(encoded.get(outbox), now);
                         }
                     }
                 }
@@ -378,8 +476,17 @@ impl MeetingTask {
                         }
                     }
                 }
+                Output::Route { ufrag, open } => {
+                    let Some(media) = &self.media else { continue };
+                    if !open {
+                        media.sfu.unroute(&ufrag);
+                    } else if !media.sfu.route(ufrag, media.inbox.clone()) {
+                        tracing::warn!("the SFU routes as many sessions as it may");
+                    }
+                }
             }
         }
+        self.send_media(core);
         let count = core.len();
         let metrics = &self.inner.metrics.meetings;
         metrics
@@ -388,11 +495,27 @@ impl MeetingTask {
         self.counted = count;
     }
 
-    fn push(&self, outbox: &Outbox, frame: Bytes, now: Instant) {
-        // A full outbox closes its connection as a slow consumer; its disconnect follows.
-        if outbox.push(frame, now).is_ok() {
-            self.inner.metrics.queued_frames.inc();
+    /// SFU mode: send what the room transmits, and report its counters.
+    fn send_media(&mut self, core: &mut Meeting) {
+        let (Some(media), Some(room)) = (&mut self.media, core.sfu_mut()) else {
+            return;
+        };
+        while let Some(transmit) = room.poll_transmit() {
+            media.sfu.send(transmit.destination, &transmit.contents);
         }
+        let stats = room.stats();
+        let metrics = &self.inner.metrics.sfu;
+        let forwarded = stats.forwarded_packets - media.reported.forwarded_packets;
+        metrics.forwarded_packets.inc_by(forwarded);
+        let bytes = stats.forwarded_bytes - media.reported.forwarded_bytes;
+        metrics.forwarded_bytes.inc_by(bytes);
+        let dropped = stats.dropped_transmits - media.reported.dropped_transmits;
+        metrics.dropped_datagrams.inc_by(dropped);
+        media.reported = stats;
+        metrics
+            .sessions
+            .inc_by(room.len() as i64 - media.sessions as i64);
+        media.sessions = room.len();
     }
 
     /// The meeting is empty: leave the registry if nobody is queued. True if the task ends.
@@ -454,6 +577,13 @@ pub fn service_error(e: signaling::Error) -> ServiceError {
         signaling::Error::LimitExceeded(_) => ErrorCode::LimitExceeded,
     };
     ServiceError::new(code, e.to_string())
+}
+
+async fn sleep_until_instant(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_ms(deadline: Option<u64>) {

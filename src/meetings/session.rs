@@ -12,7 +12,7 @@ use crate::protocol::{ChatRequest, ErrorCode, MeetingRequest};
 use crate::server::Shared;
 use crate::spaces::{ServiceError, home_id};
 use serde_json::{Value, json};
-use signaling::wire::{Grants, IceServer};
+use signaling::wire::{Grants, IceServer, MeetingMode};
 use signaling::{ConnId, Joiner};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,7 +58,11 @@ impl OpenMeetings {
         crate::chat::rules::check_room_id(&room)?;
         let key = super::key(&space, &room);
         if let MeetingRequest::Join {
-            id, name, resume, ..
+            id,
+            name,
+            resume,
+            mode,
+            ..
         } = request
         {
             if !self.joined.contains_key(&key)
@@ -86,8 +90,12 @@ impl OpenMeetings {
                 },
             };
             let ice_servers = ice_servers(&shared.config, &claims.sub);
+            let mode = match mode {
+                Some(mode) => mode,
+                None => default_mode(shared, claims, &space, &room).await?,
+            };
             for _ in 0..JOIN_ATTEMPTS {
-                let commands = shared.meetings.task(&space, &room);
+                let commands = shared.meetings.task(&space, &room, mode);
                 let (done, answer) = oneshot::channel();
                 let join = Command::Join {
                     conn,
@@ -207,6 +215,26 @@ impl OpenMeetings {
 
 fn not_joined() -> ServiceError {
     service_error(signaling::Error::NotJoined)
+}
+
+/// The mode of a meeting created without a choice: SFU when the space has at least
+/// `meeting_sfu_from` members (0: never). Only counted when no meeting is live in the room.
+async fn default_mode(
+    shared: &Shared,
+    claims: &Claims,
+    space: &str,
+    room: &str,
+) -> Result<MeetingMode, ServiceError> {
+    let from = shared.config.meeting_sfu_from;
+    if from == 0 || shared.meetings.is_live(space, room) {
+        return Ok(MeetingMode::Mesh);
+    }
+    let members = shared.spaces.members(claims, space).await?.len();
+    Ok(if members >= from {
+        MeetingMode::Sfu
+    } else {
+        MeetingMode::Mesh
+    })
 }
 
 /// May `claims` join the meeting of `room` in `space` (creating the room if allowed)? Returns

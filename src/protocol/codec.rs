@@ -388,6 +388,7 @@ mod tests {
             json!({"type": "meeting.publish", "id": 1, "room": "r", "cid": "c", "kind": "audio", "source": "microphone"}),
             json!({"type": "meeting.unpublish", "id": 1, "room": "r", "track": "t"}),
             json!({"type": "meeting.signal", "id": 1, "room": "r", "to": "p", "kind": "offer", "sdp": "v=0"}),
+            json!({"type": "meeting.answer", "id": 1, "room": "r", "sdp": "v=0"}),
             json!({"type": "meeting.mute", "id": 1, "room": "r", "track": "t", "muted": true}),
             json!({"type": "meeting.remove", "id": 1, "room": "r", "participant": "p"}),
             json!({"type": "meeting.data", "id": 1, "room": "r", "payload": "x"}),

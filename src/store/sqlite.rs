@@ -4,8 +4,10 @@
 //! at a time anyway, and the expensive part of a durable write is the fsync at COMMIT, so the
 //! thread batches: it takes every job already queued (up to [`MAX_BATCH`]), runs them in one
 //! transaction, and pays for one fsync instead of one per job ("group commit"). Each job runs
-//! inside its own SAVEPOINT, so a job that fails undoes only its own statements.
+//! inside its own SAVEPOINT, so a job that fails undoes only its own statements; sends, the
+//! frequent appends to a room's stream, run without one (`Mode::Append`).
 
+use super::sqlite_chat::Rooms;
 use super::{ChatEvent, ChatFeed, Member, Queued, Space, Store, StoreError, StoreResult};
 use crate::access::Role;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, ffi, params};
@@ -17,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Schema migrations, in order. Migration `i` brings the schema from version `i` to `i + 1`
 /// (tracked in `PRAGMA user_version`). Append only: never edit an entry once released.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: spaces and their members.
     "CREATE TABLE spaces (
         id TEXT PRIMARY KEY,
@@ -36,15 +38,22 @@ const MIGRATIONS: &[&str] = &[
     // 2: chat rooms, their members, messages and streams.
     super::sqlite_chat::SCHEMA,
     super::sqlite_docs::SCHEMA,
+    // 4: the full-text index keeps no copy of the bodies.
+    super::sqlite_chat::INDEX_WITHOUT_CONTENT,
 ];
 
 /// Jobs queued for the store thread before callers wait for room. Bounded so a stalled disk
 /// pushes back on callers instead of growing memory without limit.
 const QUEUE: usize = 1024;
-/// Jobs per transaction. Caps how long the first job of a batch waits for the last.
-const MAX_BATCH: usize = 256;
+/// Jobs per transaction. Caps how long the first job of a batch waits for the last; large
+/// enough that a busy store pays one fsync and one full-text index flush per few hundred sends
+/// (half the queue).
+const MAX_BATCH: usize = 512;
 /// How long a statement waits for a lock held by another connection (e.g. an external backup).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept for reuse: more than the store has distinct frequent ones (chat,
+/// documents, spaces), so a mixed load does not keep preparing them again.
+const STATEMENTS: usize = 128;
 
 /// [`Store`] on a SQLite file.
 ///
@@ -60,6 +69,10 @@ pub struct SqliteStore {
     thread: Option<JoinHandle<()>>,
     /// Where the store thread sends committed chat events.
     pub(super) feed: Arc<OnceLock<Arc<dyn ChatFeed>>>,
+    /// Jobs whose queueing has finished, in the order they are in the queue: what tests wait
+    /// for to queue jobs in a known order (the queue's capacity drops before a job is in it).
+    #[cfg(test)]
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 impl SqliteStore {
@@ -83,6 +96,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(backend)?;
         migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
 
         let (jobs, queue) = mpsc::channel(QUEUE);
         let feed = Arc::new(OnceLock::new());
@@ -95,6 +109,8 @@ impl SqliteStore {
             jobs: Some(jobs),
             thread: Some(thread),
             feed,
+            #[cfg(test)]
+            queued: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -114,31 +130,33 @@ impl SqliteStore {
         self.queue(job, result).await
     }
 
-    /// Like `call`, for a write that produces chat events: once the batch has committed, the
-    /// events go to the feed (on the store thread, in commit order) before the result returns.
-    /// `f` may also leave statements for the end of the batch (`Deferred`).
+    /// Like `call`, for a write that may produce a chat event: once the batch has committed,
+    /// the event goes to the feed (on the store thread, in commit order) before the result
+    /// returns. `f` may also use the `Writer`: the room streams it caches, statements left for
+    /// the end of the batch.
     pub(super) async fn call_emitting<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)>
+        F: FnOnce(&Transaction<'_>, &mut Writer) -> StoreResult<(T, Option<ChatEvent>)>
             + Send
             + 'static,
     {
-        self.queue_emitting(f).await?.await
+        self.queue_emitting(Mode::Isolated, f).await?.await
     }
 
-    /// `call_emitting` in two steps: returns once the job is queued (jobs run in queue order),
-    /// then the `Queued` resolves to its result after the commit.
-    pub(super) async fn queue_emitting<T, F>(&self, f: F) -> StoreResult<Queued<T>>
+    /// `call_emitting` in two steps, and in either `mode`: returns once the job is queued (jobs
+    /// run in queue order), then the `Queued` resolves to its result after the commit.
+    pub(super) async fn queue_emitting<T, F>(&self, mode: Mode, f: F) -> StoreResult<Queued<T>>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)>
+        F: FnOnce(&Transaction<'_>, &mut Writer) -> StoreResult<(T, Option<ChatEvent>)>
             + Send
             + 'static,
     {
         let (reply, result) = oneshot::channel();
         let job = Box::new(Emitting {
             f: Some(f),
+            mode,
             result: None,
             reply,
         });
@@ -161,6 +179,9 @@ impl SqliteStore {
         let jobs = self.jobs.as_ref().expect("the queue is open until drop");
         // Awaits room in the queue rather than blocking the runtime.
         jobs.send(job).await.map_err(|_| stopped())?;
+        #[cfg(test)]
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Box::pin(
             async move { result.await.map_err(|_| stopped())? },
         ))
@@ -205,18 +226,62 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
     txn.commit().map_err(backend)
 }
 
-/// Statements a job leaves for the end of its batch: they run after every job of the batch, in
-/// job order, outside the jobs' SAVEPOINTs, in the same transaction (just before COMMIT). Those
-/// of a job that failed are dropped with its other effects. This is for full-text indexing:
-/// FTS5 writes its pending index data to disk at every SAVEPOINT, so index writes made inside
-/// each job's savepoint would cost one index segment per job (and their merging), where a
-/// batch's deferred writes cost one segment per batch.
-pub(super) type Deferred = Vec<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>>;
+/// What the store thread keeps for the jobs besides the transaction.
+pub(super) struct Writer {
+    /// Statements jobs left for the end of the batch (`defer`).
+    deferred: Vec<Statement>,
+    /// The streams of the rooms written to, kept across batches.
+    pub(super) rooms: Rooms,
+}
+
+/// A statement left for the end of the batch.
+type Statement = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>;
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            deferred: Vec::new(),
+            rooms: Rooms::default(),
+        }
+    }
+
+    /// Leaves `statement` for the end of the batch: it runs after every job of the batch, in
+    /// job order, outside the jobs' SAVEPOINTs, in the same transaction (just before COMMIT).
+    /// Those of a job that failed are dropped with its other effects. This is for full-text
+    /// indexing: FTS5 writes its pending index data to disk at every SAVEPOINT, so index
+    /// writes made inside each job's savepoint would cost one index segment per job (and
+    /// their merging), where a batch's deferred writes cost one segment per batch.
+    pub(super) fn defer(
+        &mut self,
+        statement: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    ) {
+        self.deferred.push(Box::new(statement));
+    }
+}
+
+/// How a job runs in its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// In a SAVEPOINT of its own, rolled back if the job fails (the batch goes on), on the
+    /// database as the jobs before it left it.
+    Isolated,
+    /// For the frequent appends to a room's stream (sends), which so save a SAVEPOINT's two
+    /// statements and its copy of every page they change to the sub-journal, and one UPDATE
+    /// of the room's head each. The job makes its checks before it writes: if it fails having
+    /// written nothing, there is nothing to undo; if it fails after writing, the whole batch
+    /// is rolled back and fails. It reads room heads from the `Writer` only: the rooms' rows
+    /// get them before the next isolated job, and at the end of the batch (`Rooms::flush`).
+    Append,
+}
 
 /// A queued operation, type-erased so one queue carries every result type.
 trait Job: Send {
+    /// How it runs in its batch.
+    fn mode(&self) -> Mode {
+        Mode::Isolated
+    }
     /// Runs the operation inside the batch transaction; returns whether it succeeded.
-    fn run(&mut self, txn: &Transaction<'_>, deferred: &mut Deferred) -> bool;
+    fn run(&mut self, txn: &Transaction<'_>, writer: &mut Writer) -> bool;
     /// The batch committed: hand what the job produced to `feed`. Called before `reply`.
     fn committed(&mut self, _feed: Option<&dyn ChatFeed>) {}
     /// Sends the result, or `batch_error` if the batch did not commit (the job may not have run).
@@ -235,7 +300,7 @@ where
     T: Send,
     F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send,
 {
-    fn run(&mut self, txn: &Transaction<'_>, _: &mut Deferred) -> bool {
+    fn run(&mut self, txn: &Transaction<'_>, _: &mut Writer) -> bool {
         let f = self.f.take().expect("a job runs at most once");
         let result = f(txn);
         let ok = result.is_ok();
@@ -254,31 +319,34 @@ where
     }
 }
 
-/// A `Call` whose result carries chat events, fed once the batch has committed.
+/// A `Call` whose result may carry a chat event, fed once the batch has committed.
 struct Emitting<T, F> {
     f: Option<F>,
-    result: Option<StoreResult<(T, Vec<ChatEvent>)>>,
+    mode: Mode,
+    result: Option<StoreResult<(T, Option<ChatEvent>)>>,
     reply: oneshot::Sender<StoreResult<T>>,
 }
 
 impl<T, F> Job for Emitting<T, F>
 where
     T: Send,
-    F: FnOnce(&Transaction<'_>, &mut Deferred) -> StoreResult<(T, Vec<ChatEvent>)> + Send,
+    F: FnOnce(&Transaction<'_>, &mut Writer) -> StoreResult<(T, Option<ChatEvent>)> + Send,
 {
-    fn run(&mut self, txn: &Transaction<'_>, deferred: &mut Deferred) -> bool {
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn run(&mut self, txn: &Transaction<'_>, writer: &mut Writer) -> bool {
         let f = self.f.take().expect("a job runs at most once");
-        let result = f(txn, deferred);
+        let result = f(txn, writer);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
     }
 
     fn committed(&mut self, feed: Option<&dyn ChatFeed>) {
-        if let (Some(feed), Some(Ok((_, events)))) = (feed, &self.result) {
-            for event in events {
-                feed.committed(event);
-            }
+        if let (Some(feed), Some(Ok((_, Some(event))))) = (feed, &self.result) {
+            feed.committed(event);
         }
     }
 
@@ -299,11 +367,17 @@ fn run(
     feed: &OnceLock<Arc<dyn ChatFeed>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut writer = Writer::new();
     // Blocks for the first job, then takes whatever else is already queued.
     while queue.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-        let error = run_batch(&mut conn, &mut batch)
+        let error = run_batch(&mut conn, &mut batch, &mut writer)
             .err()
             .map(|e| e.to_string());
+        if error.is_some() {
+            // Rolled back: what the jobs cached of it may be gone from the database.
+            writer.deferred.clear();
+            writer.rooms.clear();
+        }
         // Feeds and replies only now, in job order: every event fed and every `Ok` a caller
         // sees has been committed, and a room's events are fed in offset order.
         for mut job in batch.drain(..) {
@@ -315,30 +389,43 @@ fn run(
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn Job>],
+    writer: &mut Writer,
+) -> rusqlite::Result<()> {
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut deferred: Deferred = Vec::new();
     for job in batch.iter_mut() {
-        txn.prepare_cached("SAVEPOINT job")?.execute([])?;
-        let kept = deferred.len();
-        if job.run(&txn, &mut deferred) {
-            txn.prepare_cached("RELEASE job")?.execute([])?;
+        let mode = job.mode();
+        if mode == Mode::Isolated {
+            writer.rooms.flush(&txn)?;
+            txn.prepare_cached("SAVEPOINT job")?.execute([])?;
+        }
+        let (kept, changes) = (writer.deferred.len(), txn.total_changes());
+        if job.run(&txn, writer) {
+            writer.rooms.keep();
         } else {
-            deferred.truncate(kept);
-            txn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            writer.deferred.truncate(kept);
+            writer.rooms.undo();
+            match mode {
+                Mode::Isolated => txn.execute_batch("ROLLBACK TO job")?,
+                // Nothing written, nothing to undo.
+                Mode::Append if txn.total_changes() == changes => {}
+                Mode::Append => return Err(aborted("a job failed after writing")),
+            }
+        }
+        if mode == Mode::Isolated {
+            txn.prepare_cached("RELEASE job")?.execute([])?;
         }
         // Some errors (disk full, I/O) make SQLite roll back the whole transaction; later
         // statements would then autocommit one by one. Fail the batch instead.
         if txn.is_autocommit() {
-            let abort = ffi::Error::new(ffi::SQLITE_ABORT);
-            return Err(rusqlite::Error::SqliteFailure(
-                abort,
-                Some("transaction rolled back".into()),
-            ));
+            return Err(aborted("transaction rolled back"));
         }
     }
+    writer.rooms.flush(&txn)?;
     // A deferred statement that fails fails the batch: its job has succeeded already.
-    for statement in deferred {
+    for statement in writer.deferred.drain(..) {
         statement(&txn)?;
     }
     // Dropping an uncommitted `Transaction` (the `?`s above) rolls it back.
@@ -510,6 +597,11 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The error of a batch given up.
+fn aborted(why: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_ABORT), Some(why.into()))
+}
+
 fn stopped() -> StoreError {
     StoreError::Backend("store thread stopped".into())
 }
@@ -615,12 +707,16 @@ pub(super) mod tests {
     pub(in crate::store) struct Hold {
         release: std::sync::mpsc::Sender<()>,
         gate: tokio::task::JoinHandle<StoreResult<()>>,
+        /// `SqliteStore::queued` once the holding job is counted.
+        before: usize,
     }
 
     impl Hold {
         pub(in crate::store) async fn new(store: &Arc<SqliteStore>) -> Hold {
             let (started_tx, started) = oneshot::channel();
             let (release, release_rx) = std::sync::mpsc::channel::<()>();
+            // Nothing else is being queued: the holding job is the next one counted.
+            let before = store.queued.load(std::sync::atomic::Ordering::SeqCst) + 1;
             let gate = tokio::spawn({
                 let store = store.clone();
                 async move {
@@ -634,13 +730,17 @@ pub(super) mod tests {
                 }
             });
             started.await.unwrap();
-            Hold { release, gate }
+            Hold {
+                release,
+                gate,
+                before,
+            }
         }
 
-        /// Waits until `jobs` jobs are queued.
+        /// Waits until `jobs` jobs are queued behind the holding one.
         pub(in crate::store) async fn queued(&self, store: &SqliteStore, jobs: usize) {
-            let queue = store.jobs.as_ref().unwrap();
-            while queue.max_capacity() - queue.capacity() < jobs {
+            let queued = || store.queued.load(std::sync::atomic::Ordering::SeqCst);
+            while queued().saturating_sub(self.before) < jobs {
                 tokio::task::yield_now().await;
             }
         }
@@ -725,15 +825,15 @@ pub(super) mod tests {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .call_emitting(move |_, deferred| {
-                        deferred.push(Box::new(move |txn| {
+                    .call_emitting(move |_, writer| {
+                        writer.defer(move |txn| {
                             txn.execute("INSERT INTO spaces VALUES (?1, 'acme', 'n', 0)", [id])
                                 .map(drop)
-                        }));
+                        });
                         if fail {
                             return Err(StoreError::Backend("fails after deferring".into()));
                         }
-                        Ok(((), Vec::new()))
+                        Ok(((), None))
                     })
                     .await
             })

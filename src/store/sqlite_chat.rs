@@ -1,8 +1,9 @@
 //! [`ChatStore`] on the embedded SQLite store: the same writer thread and group commit as the
-//! rest of [`SqliteStore`]. Writes that append to a room's stream run through `call_emitting`,
-//! so their events reach the feed in commit order once the batch's COMMIT has returned.
+//! rest of [`SqliteStore`]. Writes that append to a room's stream run through `call_emitting`
+//! (sends: `queue_emitting` in `Mode::Append`), so their events reach the feed in commit order
+//! once the batch's COMMIT has returned.
 
-use super::sqlite::{Deferred, SqliteStore, backend, is_constraint};
+use super::sqlite::{Mode, SqliteStore, Writer, backend, is_constraint};
 use super::{
     ChatEvent, ChatFeed, ChatStore, EventKind, Hit, Message, NewMessage, Page, Queued, Reaction,
     ReadState, Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery, Sent, StoreError,
@@ -114,11 +115,36 @@ pub(super) const SCHEMA: &str = "
     END;
 ";
 
-const ROOM_COLUMNS: &str = "rid, space, id, name, private, archived, epoch, head, created_by,
-     created_ms, dm_key IS NOT NULL";
-const MESSAGE_COLUMNS: &str = "m.seq, m.client_id, m.author, m.body, m.format, m.created_ms,
-     m.edited_ms, m.deleted_ms, m.mentions, m.thread, m.reply_count, m.last_reply,
-     m.last_reply_ms";
+/// Migration 4: the full-text index without its own copy of each body (`chat_messages` has
+/// them), rebuilt from the live messages. A search reads only the index's rowids and ranks,
+/// and `contentless_delete` lets edits and deletes remove entries by rowid.
+pub(super) const INDEX_WITHOUT_CONTENT: &str = "
+    DROP TABLE chat_fts;
+    CREATE VIRTUAL TABLE chat_fts USING fts5(
+        body, scope, content = '', contentless_delete = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+    INSERT INTO chat_fts (rowid, body, scope)
+        SELECT (rid << 40) | seq, body, 'r' || rid FROM chat_messages
+        WHERE deleted_ms IS NULL;
+";
+
+// The columns `room_row` and `message_row` read, as macros too, so that the SQL of frequent
+// statements is a literal (`concat!`) rather than formatted at each use.
+macro_rules! room_columns {
+    () => {
+        "rid, space, id, name, private, archived, epoch, head, created_by, created_ms,
+         dm_key IS NOT NULL"
+    };
+}
+macro_rules! message_columns {
+    () => {
+        "m.seq, m.client_id, m.author, m.body, m.format, m.created_ms, m.edited_ms,
+         m.deleted_ms, m.mentions, m.thread, m.reply_count, m.last_reply, m.last_reply_ms"
+    };
+}
+const ROOM_COLUMNS: &str = room_columns!();
+const MESSAGE_COLUMNS: &str = message_columns!();
 
 /// Searches over at most this many rooms run room by room.
 const PER_ROOM_SEARCH: usize = 32;
@@ -133,25 +159,25 @@ fn fts_scope(rid: i64) -> String {
     format!("r{rid}")
 }
 
-// The index is written at the end of the batch (`Deferred`), in the transaction that holds the
+// The index is written at the end of the batch (`Writer::defer`), in the transaction that holds the
 // message: a message is searchable once its send is acknowledged, and a search that runs in
 // the same batch as a send, edit or delete sees the index as it was before that batch.
 
 /// Index message `seq` of room `rid` (a new one: an edit removes the old entry first).
-fn fts_add(deferred: &mut Deferred, rid: i64, seq: u64, body: String) {
-    deferred.push(Box::new(move |txn| {
+fn fts_add(writer: &mut Writer, rid: i64, seq: u64, body: String) {
+    writer.defer(move |txn| {
         txn.prepare_cached("INSERT INTO chat_fts (rowid, body, scope) VALUES (?1, ?2, ?3)")?
             .execute(params![fts_key(rid, seq), body, fts_scope(rid)])
             .map(drop)
-    }));
+    });
 }
 
-fn fts_remove(deferred: &mut Deferred, rid: i64, seq: u64) {
-    deferred.push(Box::new(move |txn| {
+fn fts_remove(writer: &mut Writer, rid: i64, seq: u64) {
+    writer.defer(move |txn| {
         txn.prepare_cached("DELETE FROM chat_fts WHERE rowid = ?1")?
             .execute([fts_key(rid, seq)])
             .map(drop)
-    }));
+    });
 }
 
 /// An FTS5 query string matching every one of `terms` as a word, however it is spelt: each term
@@ -328,8 +354,10 @@ fn parse_role(role: &str, column: usize) -> rusqlite::Result<Role> {
 }
 
 fn find_room(txn: &Transaction<'_>, space: &str, id: &str) -> StoreResult<Option<Keyed>> {
-    txn.prepare_cached(&format!(
-        "SELECT {ROOM_COLUMNS} FROM rooms WHERE space = ?1 AND id = ?2"
+    txn.prepare_cached(concat!(
+        "SELECT ",
+        room_columns!(),
+        " FROM rooms WHERE space = ?1 AND id = ?2"
     ))
     .and_then(|mut s| s.query_row([space, id], room_row).optional())
     .map_err(backend)
@@ -339,9 +367,36 @@ fn need_room(txn: &Transaction<'_>, space: &str, id: &str) -> StoreResult<Keyed>
     find_room(txn, space, id)?.ok_or_else(|| StoreError::NotFound(format!("room {space}/{id}")))
 }
 
+/// The message `author` sent to room `rid` with `client_id`, if any.
+fn earlier(
+    txn: &Transaction<'_>,
+    rid: i64,
+    author: &str,
+    client_id: &str,
+) -> StoreResult<Option<Message>> {
+    let message = txn
+        .prepare_cached(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM chat_messages m WHERE m.rid = ?1 AND m.author = ?2 AND m.client_id = ?3"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![rid, author, client_id], |r| message_row(r, 0))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some(mut message) = message else {
+        return Ok(None);
+    };
+    fill_reactions(txn, rid, std::slice::from_mut(&mut message))?;
+    Ok(Some(message))
+}
+
 fn find_message(txn: &Transaction<'_>, rid: i64, offset: u64) -> StoreResult<Option<Message>> {
-    txn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM chat_messages m WHERE m.rid = ?1 AND m.seq = ?2"
+    txn.prepare_cached(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM chat_messages m WHERE m.rid = ?1 AND m.seq = ?2"
     ))
     .and_then(|mut s| {
         s.query_row(params![rid, offset as i64], |r| message_row(r, 0))
@@ -357,16 +412,95 @@ fn find_message(txn: &Transaction<'_>, rid: i64, offset: u64) -> StoreResult<Opt
     })
 }
 
-/// Append an event to the room's stream: the next offset, recorded and made the head.
-fn append(
-    txn: &Transaction<'_>,
-    room: &Keyed,
-    kind: EventKind,
-    target: Option<u64>,
-) -> StoreResult<u64> {
-    let offset = room.room.head + 1;
-    let target = target.unwrap_or(offset);
-    txn.prepare_cached("INSERT INTO chat_events (rid, seq, kind, target) VALUES (?1, ?2, ?3, ?4)")
+/// Rooms the store thread caches, at most this many (then it starts over).
+const CACHED_ROOMS: usize = 4096;
+
+/// Where a room's stream stands: what appending to it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stream {
+    rid: i64,
+    epoch: u64,
+    head: u64,
+    /// The head in the room's row, behind `head` until `Rooms::flush`.
+    stored: u64,
+}
+
+/// The streams of the rooms the store thread appends to, so that an append needs no lookup of
+/// its room, and the room's row is updated once per batch rather than once per append. It
+/// stays true because only the store thread writes, every append goes through `append`, and a
+/// room's key and epoch never change (rooms are never deleted). What a job changed is undone
+/// with its SAVEPOINT (`undo`); a batch that fails empties the cache (`clear`).
+#[derive(Default)]
+pub(super) struct Rooms {
+    /// Keys by space, then room id.
+    keys: HashMap<Box<str>, HashMap<Box<str>, i64>>,
+    /// Entries in `keys`, which bound the cache.
+    named: usize,
+    streams: HashMap<i64, Stream>,
+    /// Streams whose head may be ahead of their row's.
+    unstored: Vec<i64>,
+    /// What the running job changed: a stream's key, and its entry before (`None`: absent).
+    changed: Vec<(i64, Option<Stream>)>,
+}
+
+impl Rooms {
+    /// The stream of room `id` of `space`, from the cache or the database.
+    fn stream(&mut self, txn: &Transaction<'_>, space: &str, id: &str) -> StoreResult<Stream> {
+        let rid = self.keys.get(space).and_then(|ids| ids.get(id));
+        if let Some(stream) = rid.and_then(|rid| self.streams.get(rid)) {
+            return Ok(*stream);
+        }
+        let stream = txn
+            .prepare_cached("SELECT rid, epoch, head FROM rooms WHERE space = ?1 AND id = ?2")
+            .and_then(|mut s| {
+                s.query_row([space, id], |row| {
+                    let head = row.get::<_, i64>(2)? as u64;
+                    Ok(Stream {
+                        rid: row.get(0)?,
+                        epoch: row.get::<_, i64>(1)? as u64,
+                        head,
+                        stored: head,
+                    })
+                })
+                .optional()
+            })
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::NotFound(format!("room {space}/{id}")))?;
+        if self.named >= CACHED_ROOMS {
+            // Heads ahead of their rows are an append's (an isolated job starts after a
+            // flush), which runs outside any SAVEPOINT: what this writes stays.
+            self.flush(txn).map_err(backend)?;
+            self.keys.clear();
+            self.streams.clear();
+            self.named = 0;
+        }
+        let ids = self.keys.entry(space.into()).or_default();
+        if ids.insert(id.into(), stream.rid).is_none() {
+            self.named += 1;
+        }
+        self.set(stream);
+        Ok(stream)
+    }
+
+    fn set(&mut self, stream: Stream) {
+        let before = self.streams.insert(stream.rid, stream);
+        self.changed.push((stream.rid, before));
+    }
+
+    /// Append an event to `room`'s stream: the next offset, recorded and made the head (in the
+    /// room's row at the next `flush`).
+    fn append(
+        &mut self,
+        txn: &Transaction<'_>,
+        room: Stream,
+        kind: EventKind,
+        target: Option<u64>,
+    ) -> StoreResult<u64> {
+        let offset = room.head + 1;
+        let target = target.unwrap_or(offset);
+        txn.prepare_cached(
+            "INSERT INTO chat_events (rid, seq, kind, target) VALUES (?1, ?2, ?3, ?4)",
+        )
         .and_then(|mut s| {
             s.execute(params![
                 room.rid,
@@ -376,28 +510,74 @@ fn append(
             ])
         })
         .map_err(backend)?;
-    txn.prepare_cached("UPDATE rooms SET head = ?2 WHERE rid = ?1")
-        .and_then(|mut s| s.execute(params![room.rid, offset as i64]))
-        .map_err(backend)?;
-    Ok(offset)
+        if room.head == room.stored {
+            self.unstored.push(room.rid);
+        }
+        self.set(Stream {
+            head: offset,
+            ..room
+        });
+        Ok(offset)
+    }
+
+    /// Write the heads that are ahead of their rows to the rows.
+    pub(super) fn flush(&mut self, txn: &Transaction<'_>) -> rusqlite::Result<()> {
+        for rid in self.unstored.drain(..) {
+            // Gone (undone) or stored since: nothing to write.
+            let Some(stream) = self.streams.get_mut(&rid) else {
+                continue;
+            };
+            if stream.head != stream.stored {
+                txn.prepare_cached("UPDATE rooms SET head = ?2 WHERE rid = ?1")?
+                    .execute(params![rid, stream.head as i64])?;
+                stream.stored = stream.head;
+            }
+        }
+        Ok(())
+    }
+
+    /// The running job succeeded: its changes stay.
+    pub(super) fn keep(&mut self) {
+        self.changed.clear();
+    }
+
+    /// The running job failed, and its writes were undone: so are its changes here.
+    pub(super) fn undo(&mut self) {
+        for (rid, before) in self.changed.drain(..).rev() {
+            match before {
+                Some(stream) => self.streams.insert(rid, stream),
+                None => self.streams.remove(&rid),
+            };
+        }
+    }
+
+    /// The batch was rolled back: forget everything, the database knows.
+    pub(super) fn clear(&mut self) {
+        self.keys.clear();
+        self.streams.clear();
+        self.named = 0;
+        self.unstored.clear();
+        self.changed.clear();
+    }
 }
 
+/// The event at `offset` of room `id` of `space` (key `rid`), about `message`.
 fn event(
     txn: &Transaction<'_>,
-    room: &Keyed,
+    (space, id, rid): (&str, &str, i64),
     offset: u64,
     kind: EventKind,
     message: Message,
 ) -> StoreResult<ChatEvent> {
     let mut event = ChatEvent {
-        space: room.room.space.clone(),
-        room: room.room.id.clone(),
+        space: space.to_owned(),
+        room: id.to_owned(),
         offset,
         kind,
         message,
         root: None,
     };
-    add_root(txn, room.rid, &mut event)?;
+    add_root(txn, rid, &mut event)?;
     Ok(event)
 }
 
@@ -613,61 +793,64 @@ impl ChatStore for SqliteStore {
     }
 
     async fn queue_send(&self, new: NewMessage) -> StoreResult<Queued<Sent>> {
-        self.queue_emitting(move |txn, deferred| {
-            let room = need_room(txn, &new.space, &new.room)?;
-            let earlier = txn
-                .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM chat_messages m
-                     WHERE m.rid = ?1 AND m.author = ?2 AND m.client_id = ?3"
-                ))
-                .and_then(|mut s| {
-                    s.query_row(params![room.rid, new.author, new.client_id], |r| {
-                        message_row(r, 0)
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
-            if let Some(mut message) = earlier {
-                fill_reactions(txn, room.rid, std::slice::from_mut(&mut message))?;
+        // Checks first, then writes: a send that fails has written nothing (`Mode::Append`).
+        self.queue_emitting(Mode::Append, move |txn, writer| {
+            let room = writer.rooms.stream(txn, &new.space, &new.room)?;
+            let offset = room.head + 1;
+            let duplicate = |message| {
                 let sent = Sent {
                     message,
-                    epoch: room.room.epoch,
+                    epoch: room.epoch,
                     duplicate: true,
                 };
-                return Ok((sent, Vec::new()));
-            }
+                Ok((sent, None))
+            };
             if let Some(root) = new.thread {
                 let root = find_message(txn, room.rid, root)?
                     .filter(|m| m.deleted_ms.is_none() && m.thread.is_none());
                 if root.is_none() {
+                    // A retry finds its message even once the thread is gone.
+                    if let Some(message) = earlier(txn, room.rid, &new.author, &new.client_id)? {
+                        return duplicate(message);
+                    }
                     return Err(StoreError::NotFound(format!(
                         "thread root {} (a message that is not a reply)",
                         new.thread.unwrap_or(0)
                     )));
                 }
             }
-            let offset = append(txn, &room, EventKind::Message, None)?;
             let mentions = (!new.mentions.is_empty())
                 .then(|| serde_json::to_string(&new.mentions).expect("strings serialize"));
-            txn.prepare_cached(
-                "INSERT INTO chat_messages
-                     (rid, seq, client_id, author, body, format, created_ms, mentions, thread)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    room.rid,
-                    offset as i64,
-                    new.client_id,
-                    new.author,
-                    new.body,
-                    new.format,
-                    new.at_ms,
-                    mentions,
-                    new.thread.map(|t| t as i64)
-                ])
-            })
-            .map_err(backend)?;
+            // A message sent before with this client id (committed, or earlier in this batch)
+            // holds its key in the unique index: then nothing is inserted.
+            let inserted = txn
+                .prepare_cached(
+                    "INSERT INTO chat_messages
+                         (rid, seq, client_id, author, body, format, created_ms, mentions, thread)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (rid, author, client_id) DO NOTHING",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        room.rid,
+                        offset as i64,
+                        new.client_id,
+                        new.author,
+                        new.body,
+                        new.format,
+                        new.at_ms,
+                        mentions,
+                        new.thread.map(|t| t as i64)
+                    ])
+                })
+                .map_err(backend)?;
+            if inserted == 0 {
+                let message = earlier(txn, room.rid, &new.author, &new.client_id)?;
+                return duplicate(message.ok_or_else(|| {
+                    StoreError::Backend("a client id conflicts with no message".into())
+                })?);
+            }
+            writer.rooms.append(txn, room, EventKind::Message, None)?;
             if let Some(root) = new.thread {
                 txn.prepare_cached(
                     "UPDATE chat_messages SET reply_count = reply_count + 1, last_reply = ?3,
@@ -679,7 +862,7 @@ impl ChatStore for SqliteStore {
                 })
                 .map_err(backend)?;
             }
-            fts_add(deferred, room.rid, offset, new.body.clone());
+            fts_add(writer, room.rid, offset, new.body.clone());
             for user in &new.mentions {
                 txn.prepare_cached(
                     "INSERT OR IGNORE INTO chat_mentions (rid, seq, user) VALUES (?1, ?2, ?3)",
@@ -701,19 +884,14 @@ impl ChatStore for SqliteStore {
                 replies: None,
                 reactions: Vec::new(),
             };
-            let events = vec![event(
-                txn,
-                &room,
-                offset,
-                EventKind::Message,
-                message.clone(),
-            )?];
+            let at = (new.space.as_str(), new.room.as_str(), room.rid);
+            let event = event(txn, at, offset, EventKind::Message, message.clone())?;
             let sent = Sent {
                 message,
-                epoch: room.room.epoch,
+                epoch: room.epoch,
                 duplicate: false,
             };
-            Ok((sent, events))
+            Ok((sent, Some(event)))
         })
         .await
     }
@@ -737,9 +915,9 @@ impl ChatStore for SqliteStore {
         at_ms: i64,
     ) -> StoreResult<ChatEvent> {
         let (space, room) = (space.to_owned(), room.to_owned());
-        self.call_emitting(move |txn, deferred| {
-            let room = need_room(txn, &space, &room)?;
-            let mut message = find_message(txn, room.rid, offset)?
+        self.call_emitting(move |txn, writer| {
+            let stream = writer.rooms.stream(txn, &space, &room)?;
+            let mut message = find_message(txn, stream.rid, offset)?
                 .filter(|m| m.deleted_ms.is_none())
                 .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
             let old = message.body.take().expect("live messages have a body");
@@ -751,7 +929,7 @@ impl ChatStore for SqliteStore {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    room.rid,
+                    stream.rid,
                     offset as i64,
                     old,
                     message.format,
@@ -763,16 +941,19 @@ impl ChatStore for SqliteStore {
                 "UPDATE chat_messages SET body = ?3, format = ?4, edited_ms = ?5
                  WHERE rid = ?1 AND seq = ?2",
             )
-            .and_then(|mut s| s.execute(params![room.rid, offset as i64, body, format, at_ms]))
+            .and_then(|mut s| s.execute(params![stream.rid, offset as i64, body, format, at_ms]))
             .map_err(backend)?;
-            fts_remove(deferred, room.rid, offset);
-            fts_add(deferred, room.rid, offset, body.clone());
-            let at = append(txn, &room, EventKind::Edit, Some(offset))?;
+            fts_remove(writer, stream.rid, offset);
+            fts_add(writer, stream.rid, offset, body.clone());
+            let at = writer
+                .rooms
+                .append(txn, stream, EventKind::Edit, Some(offset))?;
             message.body = Some(body);
             message.format = format;
             message.edited_ms = Some(at_ms);
-            let event = event(txn, &room, at, EventKind::Edit, message)?;
-            Ok((event.clone(), vec![event]))
+            let room = (space.as_str(), room.as_str(), stream.rid);
+            let event = event(txn, room, at, EventKind::Edit, message)?;
+            Ok((event.clone(), Some(event)))
         })
         .await
     }
@@ -785,35 +966,38 @@ impl ChatStore for SqliteStore {
         at_ms: i64,
     ) -> StoreResult<Option<ChatEvent>> {
         let (space, room) = (space.to_owned(), room.to_owned());
-        self.call_emitting(move |txn, deferred| {
-            let room = need_room(txn, &space, &room)?;
-            let mut message = find_message(txn, room.rid, offset)?
+        self.call_emitting(move |txn, writer| {
+            let stream = writer.rooms.stream(txn, &space, &room)?;
+            let rid = stream.rid;
+            let mut message = find_message(txn, rid, offset)?
                 .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
             if message.deleted_ms.is_some() {
-                return Ok((None, Vec::new()));
+                return Ok((None, None));
             }
             txn.prepare_cached(
                 "UPDATE chat_messages SET body = NULL, deleted_ms = ?3, mentions = NULL
                  WHERE rid = ?1 AND seq = ?2",
             )
-            .and_then(|mut s| s.execute(params![room.rid, offset as i64, at_ms]))
+            .and_then(|mut s| s.execute(params![rid, offset as i64, at_ms]))
             .map_err(backend)?;
             if let Some(root) = message.thread {
-                summarize_thread(txn, room.rid, root)?;
+                summarize_thread(txn, rid, root)?;
             }
-            fts_remove(deferred, room.rid, offset);
+            fts_remove(writer, rid, offset);
             for table in ["chat_revisions", "chat_mentions", "chat_reactions"] {
                 txn.prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1 AND seq = ?2"))
-                    .and_then(|mut s| s.execute(params![room.rid, offset as i64]))
+                    .and_then(|mut s| s.execute(params![rid, offset as i64]))
                     .map_err(backend)?;
             }
-            let at = append(txn, &room, EventKind::Delete, Some(offset))?;
+            let at = writer
+                .rooms
+                .append(txn, stream, EventKind::Delete, Some(offset))?;
             message.body = None;
             message.deleted_ms = Some(at_ms);
             message.mentions.clear();
             message.reactions.clear();
-            let event = event(txn, &room, at, EventKind::Delete, message)?;
-            Ok((Some(event.clone()), vec![event]))
+            let event = event(txn, (&space, &room, rid), at, EventKind::Delete, message)?;
+            Ok((Some(event.clone()), Some(event)))
         })
         .await
     }
@@ -830,9 +1014,10 @@ impl ChatStore for SqliteStore {
     ) -> StoreResult<Option<ChatEvent>> {
         let (space, room) = (space.to_owned(), room.to_owned());
         let (emoji, user) = (emoji.to_owned(), user.to_owned());
-        self.call_emitting(move |txn, _| {
-            let room = need_room(txn, &space, &room)?;
-            find_message(txn, room.rid, offset)?
+        self.call_emitting(move |txn, writer| {
+            let stream = writer.rooms.stream(txn, &space, &room)?;
+            let rid = stream.rid;
+            find_message(txn, rid, offset)?
                 .filter(|m| m.deleted_ms.is_none())
                 .ok_or_else(|| StoreError::NotFound(format!("message {offset}")))?;
             let changed = if add {
@@ -840,22 +1025,24 @@ impl ChatStore for SqliteStore {
                     "INSERT OR IGNORE INTO chat_reactions (rid, seq, emoji, user, at_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
-                .and_then(|mut s| s.execute(params![room.rid, offset as i64, emoji, user, at_ms]))
+                .and_then(|mut s| s.execute(params![rid, offset as i64, emoji, user, at_ms]))
             } else {
                 txn.prepare_cached(
                     "DELETE FROM chat_reactions WHERE rid = ?1 AND seq = ?2 AND emoji = ?3
                      AND user = ?4",
                 )
-                .and_then(|mut s| s.execute(params![room.rid, offset as i64, emoji, user]))
+                .and_then(|mut s| s.execute(params![rid, offset as i64, emoji, user]))
             }
             .map_err(backend)?;
             if changed == 0 {
-                return Ok((None, Vec::new()));
+                return Ok((None, None));
             }
-            let at = append(txn, &room, EventKind::Reaction, Some(offset))?;
-            let message = find_message(txn, room.rid, offset)?.expect("found above");
-            let event = event(txn, &room, at, EventKind::Reaction, message)?;
-            Ok((Some(event.clone()), vec![event]))
+            let at = writer
+                .rooms
+                .append(txn, stream, EventKind::Reaction, Some(offset))?;
+            let message = find_message(txn, rid, offset)?.expect("found above");
+            let event = event(txn, (&space, &room, rid), at, EventKind::Reaction, message)?;
+            Ok((Some(event.clone()), Some(event)))
         })
         .await
     }
@@ -1178,6 +1365,7 @@ fn upsert_room_member(txn: &Transaction<'_>, rid: i64, member: &RoomMember) -> S
 
 #[cfg(test)]
 mod tests {
+    use super::super::sqlite::tests::Hold;
     use super::*;
     use crate::store::contract;
 
@@ -1268,13 +1456,11 @@ mod tests {
         .await;
     }
 
-    /// The index is written at the end of each batch, in job order: within one batch, a
-    /// message sent and deleted is never found, one sent and edited is found by its new body
-    /// only, and a search sees the index as it was before the batch, minus deleted messages.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn index_follows_each_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(&dir));
+    /// A store with space `s` and room `r`, reporting to the returned feed.
+    async fn with_room(dir: &tempfile::TempDir) -> (Arc<SqliteStore>, Arc<contract::Collect>) {
+        let store = Arc::new(open(dir));
+        let feed = Arc::new(contract::Collect::default());
+        store.set_feed(feed.clone());
         crate::store::Store::create_space(&*store, contract::space("s", "acme"), "alice")
             .await
             .unwrap();
@@ -1283,29 +1469,214 @@ mod tests {
             .create_room(contract::room("s", "r", false), owner)
             .await
             .unwrap();
-        let search = |word: &str| {
-            let store = store.clone();
-            let query = SearchQuery {
-                terms: vec![word.to_string()],
-                author: None,
-                from_ms: None,
-                until_ms: None,
-                limit: 10,
-                skip: 0,
-            };
-            async move {
-                let hits = store.search("s", vec!["r".into()], query).await.unwrap();
-                hits.into_iter()
-                    .map(|h| h.message.offset)
-                    .collect::<Vec<_>>()
-            }
+        (store, feed)
+    }
+
+    fn text(client_id: &str, body: &str) -> NewMessage {
+        contract::text("s", "r", "alice", client_id, body)
+    }
+
+    /// The offsets of room `r`'s stream, and its head.
+    async fn stream(store: &SqliteStore) -> (Vec<u64>, u64) {
+        let (events, head) = store.events("s", "r", 0, 100).await.unwrap();
+        (events.iter().map(|e| e.offset).collect(), head)
+    }
+
+    /// Queues a job, in `mode`, that appends to room `r` and then fails.
+    async fn failing_append(store: &SqliteStore, mode: Mode) -> Queued<()> {
+        let job = |txn: &Transaction<'_>, writer: &mut Writer| {
+            let room = writer.rooms.stream(txn, "s", "r")?;
+            writer.rooms.append(txn, room, EventKind::Message, None)?;
+            Err(StoreError::Backend("fails after appending".into()))
         };
-        let text = |id: &str, body: &str| contract::text("s", "r", "alice", id, body);
+        store.queue_emitting(mode, job).await.unwrap()
+    }
+
+    /// The offsets of the events `feed` was given.
+    fn fed(feed: &contract::Collect) -> Vec<u64> {
+        feed.0.lock().unwrap().iter().map(|e| e.offset).collect()
+    }
+
+    /// Sends with one client id in one batch: the first appends, the later ones find it, as
+    /// does a retry of a message committed in an earlier batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn duplicates_within_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, feed) = with_room(&dir).await;
+        store.send(text("a", "before")).await.unwrap();
+
+        let hold = Hold::new(&store).await;
+        let first = store.queue_send(text("b", "one")).await.unwrap();
+        let again = store.queue_send(text("b", "two")).await.unwrap();
+        let other = store.queue_send(text("c", "three")).await.unwrap();
+        let retry = store.queue_send(text("a", "before")).await.unwrap();
+        hold.release(&store, 4).await;
+
+        let sent = |s: Sent| (s.message.offset, s.message.body.unwrap(), s.duplicate);
+        assert_eq!(sent(first.await.unwrap()), (2, "one".into(), false));
+        assert_eq!(sent(again.await.unwrap()), (2, "one".into(), true));
+        assert_eq!(sent(other.await.unwrap()), (3, "three".into(), false));
+        assert_eq!(sent(retry.await.unwrap()), (1, "before".into(), true));
+        assert_eq!(fed(&feed), [1, 2, 3]);
+        assert_eq!(stream(&store).await, (vec![1, 2, 3], 3));
+    }
+
+    /// A job that appends and then fails is rolled back to its SAVEPOINT, and the head the
+    /// store thread keeps with it: the next send in the batch takes the same offset.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failed_job_gives_back_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = with_room(&dir).await;
+        store.send(text("a", "one")).await.unwrap();
+
+        let hold = Hold::new(&store).await;
+        let failed = failing_append(&store, Mode::Isolated).await;
+        let next = store.queue_send(text("b", "two")).await.unwrap();
+        hold.release(&store, 2).await;
+
+        assert!(matches!(failed.await, Err(StoreError::Backend(_))));
+        assert_eq!(next.await.unwrap().message.offset, 2);
+        assert_eq!(
+            store.send(text("c", "three")).await.unwrap().message.offset,
+            3
+        );
+        assert_eq!(stream(&store).await, (vec![1, 2, 3], 3));
+    }
+
+    /// An append (`Mode::Append`) that fails after writing takes its batch down with it:
+    /// nothing of the batch is kept, cached heads included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failed_append_fails_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, feed) = with_room(&dir).await;
+        store.send(text("a", "one")).await.unwrap();
+
+        let hold = Hold::new(&store).await;
+        let before = store.queue_send(text("b", "lost")).await.unwrap();
+        let failed = failing_append(&store, Mode::Append).await;
+        hold.release(&store, 2).await;
+
+        assert!(matches!(before.await, Err(StoreError::Backend(_))));
+        assert!(matches!(failed.await, Err(StoreError::Backend(_))));
+        assert_eq!(
+            store.send(text("c", "two")).await.unwrap().message.offset,
+            2
+        );
+        assert_eq!(fed(&feed), [1, 2]);
+        assert_eq!(stream(&store).await, (vec![1, 2], 2));
+    }
+
+    /// A batch that fails at its end is rolled back whole, heads included: the store thread
+    /// forgets what it cached, and the next send takes the offset the lost one had.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failed_batch_forgets_cached_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, feed) = with_room(&dir).await;
+        store.send(text("a", "one")).await.unwrap();
+
+        let hold = Hold::new(&store).await;
+        let lost = store.queue_send(text("b", "lost")).await.unwrap();
+        let breaking = store.queue_emitting(Mode::Isolated, |_, writer: &mut Writer| {
+            writer.defer(|txn| {
+                txn.execute("INSERT INTO no_such_table VALUES (1)", [])
+                    .map(drop)
+            });
+            Ok(((), None))
+        });
+        let breaking = breaking.await.unwrap();
+        hold.release(&store, 2).await;
+
+        assert!(matches!(lost.await, Err(StoreError::Backend(_))));
+        assert!(matches!(breaking.await, Err(StoreError::Backend(_))));
+        let next = store.send(text("c", "two")).await.unwrap();
+        assert_eq!((next.message.offset, next.duplicate), (2, false));
+        // The lost send was never acknowledged: a retry appends it.
+        assert_eq!(
+            store.send(text("b", "lost")).await.unwrap().message.offset,
+            3
+        );
+        assert_eq!(fed(&feed), [1, 2, 3]);
+        assert_eq!(stream(&store).await, (vec![1, 2, 3], 3));
+    }
+
+    /// The offsets of the messages of room `r` a search for `word` finds, best first.
+    async fn found(store: &SqliteStore, word: &str) -> Vec<u64> {
+        let query = SearchQuery {
+            terms: vec![word.to_string()],
+            author: None,
+            from_ms: None,
+            until_ms: None,
+            limit: 10,
+            skip: 0,
+        };
+        let hits = store.search("s", vec!["r".into()], query).await.unwrap();
+        hits.into_iter().map(|h| h.message.offset).collect()
+    }
+
+    /// Migration 4 rebuilds the index of a database written before it from the live messages,
+    /// without the copy of each body, and the index goes on taking sends, edits and deletes.
+    #[tokio::test]
+    async fn index_rebuilt_without_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chorus.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &super::super::sqlite::MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 3;
+             INSERT INTO spaces VALUES ('s', 'acme', 'S', 0);
+             INSERT INTO members VALUES ('s', 'alice', 'acme', 'owner');
+             INSERT INTO rooms (rid, space, id, name, private, archived, epoch, head,
+                                created_by, created_ms)
+                 VALUES (1, 's', 'r', 'R', 0, 0, 7, 3, 'alice', 0);
+             INSERT INTO chat_messages (rid, seq, client_id, author, body, format, created_ms,
+                                        deleted_ms)
+                 VALUES (1, 1, 'a', 'alice', 'kept words', 'text', 0, NULL),
+                        (1, 2, 'b', 'alice', NULL, 'text', 0, 5);
+             INSERT INTO chat_events VALUES (1, 1, 'message', 1), (1, 2, 'message', 2),
+                                            (1, 3, 'delete', 2);
+             INSERT INTO chat_fts (rowid, body, scope) VALUES ((1 << 40) | 1, 'kept words', 'r1');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = open(&dir);
+        assert_eq!(found(&store, "words").await, [1]);
+        assert_eq!(found(&store, "kept").await, [1]);
+        store.send(text("c", "more words")).await.unwrap();
+        store
+            .edit("s", "r", 1, "changed".into(), "text".into(), 9)
+            .await
+            .unwrap();
+        assert_eq!(found(&store, "words").await, [4]);
+        assert_eq!(found(&store, "changed").await, [1]);
+        store.delete("s", "r", 4, 10).await.unwrap();
+        assert_eq!(found(&store, "words").await, Vec::<u64>::new());
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'chat_fts_content'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+    }
+
+    /// The index is written at the end of each batch, in job order: within one batch, a
+    /// message sent and deleted is never found, one sent and edited is found by its new body
+    /// only, and a search sees the index as it was before the batch, minus deleted messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn index_follows_each_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = with_room(&dir).await;
         store.send(text("0", "old news")).await.unwrap();
-        assert_eq!(search("old").await, [1]);
+        assert_eq!(found(&store, "old").await, [1]);
 
         // One batch, queued in this order.
-        let hold = super::super::sqlite::tests::Hold::new(&store).await;
+        let hold = Hold::new(&store).await;
         let gone = store.queue_send(text("1", "gone soon")).await.unwrap();
         let delete = |offset| {
             let store = store.clone();
@@ -1325,7 +1696,10 @@ mod tests {
         hold.queued(&store, 4).await;
         let old_deleted = delete(1);
         hold.queued(&store, 5).await;
-        let seen = tokio::spawn(search("old"));
+        let seen = tokio::spawn({
+            let store = store.clone();
+            async move { found(&store, "old").await }
+        });
         hold.release(&store, 6).await;
 
         assert_eq!(gone.await.unwrap().message.offset, 2);
@@ -1334,13 +1708,13 @@ mod tests {
         assert_eq!(edited.await.unwrap().unwrap().offset, 5);
         assert_eq!(old_deleted.await.unwrap().unwrap().unwrap().offset, 6);
         assert_eq!(seen.await.unwrap(), Vec::<u64>::new());
-        for (word, found) in [
+        for (word, expected) in [
             ("gone", vec![]),
             ("draft", vec![]),
             ("final", vec![4]),
             ("old", vec![]),
         ] {
-            assert_eq!(search(word).await, found, "{word}");
+            assert_eq!(found(&store, word).await, expected, "{word}");
         }
     }
 }

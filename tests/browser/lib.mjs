@@ -141,6 +141,15 @@ export async function joined(page) {
   return s.self;
 }
 
+/** Wait until the page publishes its camera and microphone; fail with its alert if it cannot. */
+export async function published(page) {
+  await waitFor(`${page.who} to publish`, async () => {
+    const s = await pageState(page);
+    if (s.publishing && s.publishing !== "yes") throw new Error(`${page.who} could not publish: ${s.alert}`);
+    return s.publishing === "yes";
+  });
+}
+
 /**
  * Video received by `page` from participant `sid`: framesDecoded of the peer connection's
  * inbound video (camera, or screen with `source`), and the tile's rendering.

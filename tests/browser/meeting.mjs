@@ -11,6 +11,7 @@ import {
   launch,
   openMeeting,
   pageState,
+  published,
   run,
   step,
   tileOf,
@@ -31,13 +32,7 @@ await run("meeting", async ({ defer }) => {
   const pages = { alice, bob, carol };
 
   step("everyone publishes camera and microphone");
-  for (const page of Object.values(pages)) {
-    await waitFor(`${page.who} to publish`, async () => {
-      const s = await pageState(page);
-      if (s.publishing && s.publishing !== "yes") throw new Error(`${page.who} could not publish: ${s.alert}`);
-      return s.publishing === "yes";
-    });
-  }
+  for (const page of Object.values(pages)) await published(page);
 
   step("each page decodes the other two participants' video and receives their audio");
   for (const [who, page] of Object.entries(pages)) {

@@ -2,10 +2,10 @@
 //! driven by `playwright-core` pinned in `tests/browser/package.json`), with a fake camera and
 //! microphone, against a real server: the scenarios of `tests/browser/*.mjs`.
 //!
-//! Each test starts a server, mints tokens for alice, bob and carol of `acme` (default grants)
-//! and a subscribe-only `viewer`, and runs one scenario with `node`, its output shown on
-//! failure. `scripts/browser-deps.sh` (which `scripts/test.sh` runs) installs Chromium and the
-//! npm packages; without them these tests fail, they never skip.
+//! Each test starts a server, mints tokens for alice, bob, carol, dave and erin of `acme`
+//! (default grants) and a subscribe-only `viewer`, and runs one scenario with `node`, its
+//! output shown on failure. `scripts/browser-deps.sh` (which `scripts/test.sh` runs) installs
+//! Chromium and the npm packages; without them these tests fail, they never skip.
 
 use crate::util::TestServer;
 use chorus::access::Grant;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub(crate) const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A bound on one scenario's run, far above what it needs: each of its waits is bounded by
 /// `MEET_TIMEOUT_MS` and it fails by itself well before this.
@@ -22,14 +22,14 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// One browser scenario at a time: each runs several pages encoding and decoding video, and
 /// two at once on a small machine would test the machine.
-static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
 /// Fail (never skip) when Chromium or the npm packages are missing.
-fn require_browser() {
+pub(crate) fn require_browser() {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/browser-deps.sh (scripts/test.sh runs it), which \
@@ -45,7 +45,7 @@ fn require_browser() {
 }
 
 /// A room id no other run uses.
-fn unique_room(scenario: &str) -> String {
+pub(crate) fn unique_room(scenario: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -55,6 +55,26 @@ fn unique_room(scenario: &str) -> String {
         std::process::id(),
         nanos % 1_000_000_000
     )
+}
+
+/// Start `node tests/browser/<script>` with `env`, its output piped; it is killed if dropped.
+pub(crate) fn spawn_node<'a>(
+    script: &str,
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    stdin: Stdio,
+) -> tokio::process::Child {
+    tokio::process::Command::new("node")
+        .current_dir(browser_dir())
+        .arg(script)
+        .envs(env)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `node` ({e}): install Node.js and run scripts/browser-deps.sh")
+        })
 }
 
 /// Start a server and run `node tests/browser/<script>` against it; panic with its output
@@ -78,6 +98,8 @@ async fn scenario_with(
         ("MEET_TOKEN_ALICE", server.token("alice", "acme")),
         ("MEET_TOKEN_BOB", server.token("bob", "acme")),
         ("MEET_TOKEN_CAROL", server.token("carol", "acme")),
+        ("MEET_TOKEN_DAVE", server.token("dave", "acme")),
+        ("MEET_TOKEN_ERIN", server.token("erin", "acme")),
         (
             "MEET_TOKEN_VIEWER",
             server.token_with("viewer", "acme", &[Grant::Subscribe], 3600),
@@ -85,19 +107,13 @@ async fn scenario_with(
         ("MEET_TIMEOUT_MS", "20000".to_string()),
         ("CHROMIUM", CHROMIUM.to_string()),
     ];
-    let child = tokio::process::Command::new("node")
-        .current_dir(browser_dir())
-        .arg(script)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .envs(extra.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `node` ({e}): install Node.js and run scripts/browser-deps.sh")
-        });
+    let child = spawn_node(
+        script,
+        env.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra.iter().copied()),
+        Stdio::null(),
+    );
     let out = match tokio::time::timeout(NODE_TIMEOUT, child.wait_with_output()).await {
         Ok(out) => out.unwrap(),
         Err(_) => panic!("node {script} did not finish within {NODE_TIMEOUT:?} (killed)"),
@@ -165,6 +181,36 @@ async fn reconnect_after_the_grace_joins_anew() {
     scenario_with(
         "reconnect.mjs",
         |c| c.meeting_grace_ms = 0,
+        &[("MEET_EXPECT", "new")],
+    )
+    .await;
+}
+
+/// Five pages in one SFU meeting each decode the other four's video through the server;
+/// one leaving takes its video from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_pages_meet_through_the_sfu() {
+    // Five pages encode and decode at once: each wait gets more time on a small machine.
+    scenario_with("sfu.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
+}
+
+/// In SFU mode too (every meeting of the server is one), a dropped session resumes its
+/// participant: a new connection with the server, media again both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_resumes_the_participant_in_sfu_mode() {
+    scenario_with("reconnect.mjs", |c| c.meeting_sfu_from = 1, &[]).await;
+}
+
+/// In SFU mode with no grace period, the reconnected page joins anew and publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_after_the_grace_joins_anew_in_sfu_mode() {
+    let sfu_without_grace = |c: &mut Config| {
+        c.meeting_grace_ms = 0;
+        c.meeting_sfu_from = 1;
+    };
+    scenario_with(
+        "reconnect.mjs",
+        sfu_without_grace,
         &[("MEET_EXPECT", "new")],
     )
     .await;

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 /// A session client that keeps the frames arriving between replies.
-struct Peer {
+pub(crate) struct Peer {
     c: Client,
     frames: VecDeque<Value>,
     next_id: u64,
@@ -33,12 +33,12 @@ impl Peer {
         }
     }
 
-    async fn user(s: &TestServer, tr: Tr, user: &str) -> Peer {
+    pub(crate) async fn user(s: &TestServer, tr: Tr, user: &str) -> Peer {
         Peer::connect(s, tr, &s.token(user, "acme")).await
     }
 
     /// Send `frame` as a request; its result or error code. Other frames are kept.
-    async fn req(&mut self, mut frame: Value) -> Result<Value, String> {
+    pub(crate) async fn req(&mut self, mut frame: Value) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         frame["id"] = json!(id);
@@ -61,20 +61,20 @@ impl Peer {
         }
     }
 
-    async fn call(&mut self, frame: Value) -> Value {
+    pub(crate) async fn call(&mut self, frame: Value) -> Value {
         let kind = frame["type"].clone();
         self.req(frame)
             .await
             .unwrap_or_else(|e| panic!("{kind} refused: {e}"))
     }
 
-    async fn join(&mut self, room: &str) -> Value {
+    pub(crate) async fn join(&mut self, room: &str) -> Value {
         self.call(json!({"type": "meeting.join", "room": room}))
             .await
     }
 
     /// The next frame of type `kind` (earlier frames of other types stay kept).
-    async fn next(&mut self, kind: &str) -> Value {
+    pub(crate) async fn next(&mut self, kind: &str) -> Value {
         if let Some(i) = self.frames.iter().position(|f| f["type"] == kind) {
             return self.frames.remove(i).unwrap();
         }

@@ -63,10 +63,13 @@ fn sans_io_cores_stay_pure() {
         "src/channel.rs",
         "src/chat/rules.rs",
         "src/docs/sync.rs",
+        "src/transport/wsframe.rs",
+        "src/bench/rtc_peer/media.rs",
+        "src/bench/rtc_peer/negotiation.rs",
     ] {
         files.push(root.join(file));
     }
-    assert!(files.len() >= 8, "the cores moved: update this test");
+    assert!(files.len() >= 11, "the cores moved: update this test");
     let bad: Vec<_> = files.iter().flat_map(|f| violations(f)).collect();
     assert!(
         bad.is_empty(),

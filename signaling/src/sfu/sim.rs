@@ -1,0 +1,236 @@
+//! An in-memory network for the room: str0m `Rtc`s act as clients, datagrams are handed over
+//! directly and time is simulated in steps. The room's unit tests drive it, and so does the
+//! forwarding bench (feature `sim`), which reads how long the room itself worked on datagrams,
+//! timers and transmits (`room_busy`: the only clock reading here, around those calls).
+
+use super::*;
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::MediaTime;
+
+/// The server's address in the simulated network.
+pub const SERVER: &str = "10.0.0.1:5000";
+/// How far one step moves time.
+pub const STEP: Duration = Duration::from_millis(5);
+
+/// A participant's WebRTC peer.
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    /// The lines of the last offer it answered.
+    pub media: Vec<MediaLine>,
+    /// Frames received, by mid.
+    pub frames: Vec<(Mid, Vec<u8>)>,
+    pub keyframe_requests: usize,
+    pub datagrams_in: usize,
+}
+
+impl Client {
+    pub fn mid_of(&self, track: &str) -> Mid {
+        let line = (self.media.iter())
+            .find(|l| l.track == track)
+            .expect("a line for the track");
+        Mid::from(line.mid.as_str())
+    }
+
+    pub fn frames_of(&self, mid: Mid) -> Vec<Vec<u8>> {
+        (self.frames.iter())
+            .filter(|(m, _)| *m == mid)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+}
+
+/// The room, its clients, and the simulated clock.
+pub struct Net {
+    pub room: Room,
+    pub clients: BTreeMap<String, Client>,
+    /// Clients whose participant left: they send nothing, and count what still reaches them.
+    pub gone: BTreeMap<String, Client>,
+    pub now: Instant,
+    pub start: Instant,
+    pub server: SocketAddr,
+    /// Wall-clock time spent inside the room's methods.
+    pub room_busy: Duration,
+    pub next_host: u8,
+}
+
+impl Net {
+    pub fn new(config: RoomConfig) -> Net {
+        let now = Instant::now();
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let config = RoomConfig {
+            candidates: vec![server],
+            ..config
+        };
+        Net {
+            room: Room::new(config, now),
+            clients: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            now,
+            start: now,
+            server,
+            room_busy: Duration::ZERO,
+            next_host: 10,
+        }
+    }
+
+    /// A participant joins: the room makes its session and the client answers its offer.
+    pub fn join(&mut self, name: &str) {
+        let addr: SocketAddr = format!("10.0.0.{}:6000", self.next_host).parse().unwrap();
+        self.next_host += 1;
+        let mut rtc = Rtc::builder().build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let client = Client {
+            rtc,
+            addr,
+            media: Vec::new(),
+            frames: Vec::new(),
+            keyframe_requests: 0,
+            datagrams_in: 0,
+        };
+        self.clients.insert(name.to_string(), client);
+        self.room.add_participant(name).unwrap();
+        self.settle();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        let started = Instant::now();
+        let transmit = self.room.poll_transmit();
+        self.room_busy += started.elapsed();
+        transmit
+    }
+
+    /// Answer every offer and exchange datagrams until nobody has anything to send.
+    pub fn settle(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some(offer) = self.room.poll_offer() {
+                busy = true;
+                let client = self.clients.get_mut(&offer.participant).unwrap();
+                let parsed = SdpOffer::from_sdp_string(&offer.sdp).unwrap();
+                let answer = client.rtc.sdp_api().accept_offer(parsed).unwrap();
+                client.media = offer.media;
+                self.room
+                    .handle_answer(&offer.participant, &answer.to_sdp_string())
+                    .unwrap();
+            }
+            for client in self.clients.values_mut() {
+                loop {
+                    match client.rtc.poll_output().unwrap() {
+                        Output::Timeout(_) => break,
+                        Output::Transmit(t) => {
+                            busy = true;
+                            let started = Instant::now();
+                            let taken = (self.room).handle_datagram(
+                                self.now,
+                                t.source,
+                                t.destination,
+                                &t.contents,
+                            );
+                            self.room_busy += started.elapsed();
+                            assert!(taken, "the room takes every client datagram");
+                        }
+                        Output::Event(Event::MediaData(data)) => {
+                            client.frames.push((data.mid, data.data.to_vec()));
+                        }
+                        Output::Event(Event::KeyframeRequest(_)) => client.keyframe_requests += 1,
+                        Output::Event(_) => {}
+                    }
+                }
+            }
+            while let Some(t) = self.poll_transmit() {
+                busy = true;
+                assert_eq!(t.source, self.server);
+                if let Some(gone) = self.gone.values_mut().find(|c| c.addr == t.destination) {
+                    gone.datagrams_in += 1;
+                    continue;
+                }
+                let client = (self.clients.values_mut())
+                    .find(|c| c.addr == t.destination)
+                    .expect("a datagram to a known address");
+                client.datagrams_in += 1;
+                let input = Input::Receive(
+                    self.now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: t.source,
+                        destination: t.destination,
+                        contents: t.contents.as_slice().try_into().unwrap(),
+                    },
+                );
+                client.rtc.handle_input(input).unwrap();
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+
+    /// Move time on by `steps` steps, running every timer.
+    pub fn run(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.now += STEP;
+            let started = Instant::now();
+            self.room.handle_timeout(self.now);
+            self.room_busy += started.elapsed();
+            for client in self.clients.values_mut() {
+                client.rtc.handle_input(Input::Timeout(self.now)).unwrap();
+            }
+            self.settle();
+        }
+    }
+
+    /// Run until every named client is connected, within a generous simulated deadline.
+    pub fn connect(&mut self, names: &[&str]) {
+        for _ in 0..2000 {
+            if names
+                .iter()
+                .all(|n| self.clients[*n].rtc.is_connected() && self.room.is_connected(n))
+            {
+                return;
+            }
+            self.run(1);
+        }
+        panic!("{names:?} did not connect");
+    }
+
+    /// `name`'s participant leaves the room, and its client stops.
+    pub fn leave(&mut self, name: &str) {
+        self.room.remove_participant(name);
+        let client = self.clients.remove(name).unwrap();
+        self.gone.insert(name.to_string(), client);
+    }
+
+    /// `publisher` sends one video frame on its line of `track`.
+    pub fn send_frame(&mut self, publisher: &str, track: &str, payload: &[u8]) {
+        let now = self.now;
+        let client = self.clients.get_mut(publisher).unwrap();
+        let mid = client.mid_of(track);
+        let pt = (client.rtc.codec_config())
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .unwrap()
+            .pt();
+        let time: MediaTime = now.duration_since(self.start).into();
+        client
+            .rtc
+            .writer(mid)
+            .expect("the publisher's line")
+            .write(pt, now, time, payload.to_vec())
+            .unwrap();
+        self.run(2);
+    }
+
+    /// `publisher` sends `n` frames on `track`, one every 30 ms.
+    pub fn stream(&mut self, publisher: &str, track: &str, n: u8) {
+        for i in 0..n {
+            self.send_frame(publisher, track, &frame(i));
+            self.run(4);
+        }
+    }
+}
+
+/// A small VP8 keyframe-like payload, distinct per `i`.
+pub fn frame(i: u8) -> Vec<u8> {
+    vec![0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, i, i]
+}
