@@ -1,7 +1,7 @@
 //! The server: shared state, listeners, and `serve`, which runs until its shutdown token fires.
 //! `serve` takes listeners that are already bound, so tests run real servers on port 0.
 
-use crate::access::{Action, Claims};
+use crate::access::{Action, Claims, RoomAction};
 use crate::auth::TokenKeys;
 use crate::bus::{Bus, LocalBus};
 use crate::channel::ChannelRef;
@@ -89,7 +89,7 @@ impl Shared {
             }
             return self
                 .chat
-                .authorize_read(&self.spaces, claims, space, room)
+                .authorize(&self.spaces, claims, space, room, RoomAction::Read)
                 .await;
         }
         let space = channel

@@ -267,14 +267,7 @@ impl Meeting {
             if !joiner.grants.publish {
                 member.info.tracks.clear();
             }
-            self.by_conn.insert(conn, sid.clone());
-            self.touch(&sid);
-            if current.is_none() {
-                self.outputs.push_back(Output::Presence {
-                    conn,
-                    in_meeting: true,
-                });
-            }
+            self.bind(conn, &sid, current.is_none());
             // The client that resumes starts a new session.
             self.attach_media(&sid)?;
             return Ok(self.reply(&sid));
@@ -312,14 +305,7 @@ impl Meeting {
             deadline: None,
         };
         self.members.insert(sid.clone(), member);
-        self.by_conn.insert(conn, sid.clone());
-        self.touch(&sid);
-        if current.is_none() {
-            self.outputs.push_back(Output::Presence {
-                conn,
-                in_meeting: true,
-            });
-        }
+        self.bind(conn, &sid, current.is_none());
         self.subscribe_all(&sid)?;
         Ok(self.reply(&sid))
     }
@@ -799,6 +785,19 @@ impl Meeting {
     fn new_id(&mut self, kind: char) -> String {
         self.next_id += 1;
         format!("{kind}-{}-{}", self.prefix, self.next_id)
+    }
+
+    /// Connection `conn` now speaks for participant `sid`; `entered`: it was in no participant
+    /// of this meeting before, so presence learns it is in the meeting.
+    fn bind(&mut self, conn: ConnId, sid: &str, entered: bool) {
+        self.by_conn.insert(conn, sid.to_string());
+        self.touch(sid);
+        if entered {
+            self.outputs.push_back(Output::Presence {
+                conn,
+                in_meeting: true,
+            });
+        }
     }
 
     /// Participant `sid` changed.

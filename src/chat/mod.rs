@@ -235,30 +235,18 @@ impl Chat {
         Ok(ctx)
     }
 
-    /// Whether `claims` may read room channel `room` of `space` (for `subscribe` checks made
-    /// outside this service).
-    pub async fn authorize_read(
+    /// Whether `claims` may do `action` in room `room` of `space`, for checks made outside this
+    /// service: reading the room channel (`subscribe`, joining its meeting), managing the room
+    /// (its owners and the space's managers: a meeting's admins).
+    pub async fn authorize(
         &self,
         spaces: &Spaces,
         claims: &Claims,
         space: &str,
         room: &str,
+        action: RoomAction<'_>,
     ) -> Result<(), ServiceError> {
-        self.check(spaces, claims, space, room, RoomAction::Read)
-            .await
-            .map(drop)
-    }
-
-    /// Whether `claims` may manage room `room` of `space` (its owners and the space's
-    /// managers): a meeting's admins.
-    pub async fn authorize_manage(
-        &self,
-        spaces: &Spaces,
-        claims: &Claims,
-        space: &str,
-        room: &str,
-    ) -> Result<(), ServiceError> {
-        self.check(spaces, claims, space, room, RoomAction::Manage)
+        self.check(spaces, claims, space, room, action)
             .await
             .map(drop)
     }

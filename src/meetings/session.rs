@@ -4,7 +4,7 @@
 //! `reconnecting` (they are not left), so a client that reconnects may resume them.
 
 use super::{Command, service_error};
-use crate::access::{Claims, Grant};
+use crate::access::{Claims, Grant, RoomAction};
 use crate::channel::ChannelRef;
 use crate::config::Config;
 use crate::hub::Outbox;
@@ -251,19 +251,20 @@ async fn admit(
         reader.grants.push(Grant::Subscribe);
     }
     let chat = &shared.chat;
+    let read = RoomAction::Read;
     match chat
-        .authorize_read(&shared.spaces, &reader, space, room)
+        .authorize(&shared.spaces, &reader, space, room, read)
         .await
     {
         Ok(()) => {}
         Err(e) if e.code == ErrorCode::NotFound && shared.config.meetings_auto_create => {
             create_room(shared, claims, space, room).await?;
-            chat.authorize_read(&shared.spaces, &reader, space, room)
+            chat.authorize(&shared.spaces, &reader, space, room, read)
                 .await?;
         }
         Err(e) => return Err(e),
     }
-    let manage = chat.authorize_manage(&shared.spaces, claims, space, room);
+    let manage = chat.authorize(&shared.spaces, claims, space, room, RoomAction::Manage);
     Ok(manage.await.is_ok())
 }
 
