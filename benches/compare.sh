@@ -34,7 +34,7 @@ Options:
   --connections N        Idle connections for the memory test, 0 to skip [default: 10000]
   --servers "LIST"       Which servers [default: "chorus nats"]
   --chorus-bin PATH      Use this chorus binary (server and tool) instead of building
-                         target/release/chorus with `cargo build --release`
+                         target/dist/chorus with `cargo build --profile dist`
   --note TEXT            A line for the machine notes, e.g. how --chorus-bin was built
                          (repeatable)
   --nats-server PATH     nats-server binary [default: from PATH, or /usr/sbin/nats-server]

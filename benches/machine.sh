@@ -18,9 +18,9 @@ check_cores() {
 chorus_binary() {
   chorus_source="given with --chorus-bin"
   if [ -z "$chorus_bin" ]; then
-    log "building chorus (release)"
-    cargo build --release --bin chorus >&2
-    chorus_bin=target/release/chorus
+    log "building chorus (profile dist)"
+    cargo build --profile dist --bin chorus >&2
+    chorus_bin=target/dist/chorus
     chorus_source="built from this tree: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     local dirty
     dirty=$(git status --porcelain 2>/dev/null | awk '{print $2}' | paste -sd' ' - || true)

@@ -23,8 +23,10 @@ delivered update and RSS, the tool's CPU. Against:
                protocol (--yjs-server hocuspocus)
 Each server runs alone, pinned to one core (taskset -c 0); the tool runs pinned to the other
 (taskset -c 1 chorus bench yjs … --threads 1), both at a raised priority (nice -10, as root).
-Writes docs/bench/YYYY-MM-DD-yjs.md (table, ratios chorus / each peer from this same run,
-machine notes, exact commands, raw reports).
+After the servers, `chorus bench floor` measures at each load what one write() per delivery
+costs on the servers' core: the floor each server's CPU per update is divided by.
+Writes docs/bench/YYYY-MM-DD-yjs.md (table, ratios chorus / each peer and / the floor from this
+same run, machine notes, exact commands, raw reports).
 
 Installs nothing. Needs: taskset, jq, node, cargo (unless --chorus-bin), and tests/yjs's npm
 packages (scripts/yjs-deps.sh installs them). Waits for a quiet machine first (no rustc
@@ -39,7 +41,7 @@ Options:
   --warmup SECS          Warm-up seconds per step [default: 1]
   --servers "LIST"       Which servers [default: "chorus y-websocket hocuspocus"]
   --chorus-bin PATH      Use this chorus binary (server and tool) instead of building
-                         target/release/chorus with `cargo build --release`
+                         target/dist/chorus with `cargo build --profile dist`
   --note TEXT            A line for the machine notes (repeatable)
   --server-core N        Core of the servers [default: 0]
   --tool-core N          Core of the tool [default: 1]
@@ -258,6 +260,22 @@ bench() {
         name, wall, o, 100 * o / wall, rc, la }' >>"$tmp/loads"
 }
 
+# The floor of one load: `chorus bench floor` writes one small frame per update to each of N
+# loopback sockets from a thread on the servers' core, at the load's update rate; appended to
+# reports.jsonl as server "floor".
+floor() {
+  local load=$1 report
+  local args=(floor -n "$clients" -r "$(awk -v l="$load" 'BEGIN { split(l, p, "x"); print p[1] * p[2] }')"
+    -d "$duration" --writer-cpu "$server_core" --json)
+  echo "nice -n $nice_level taskset -c $tool_core $chorus_bin bench$(printf ' %q' "${args[@]}")" >>"$tmp/commands"
+  log "floor $load: chorus bench ${args[*]}"
+  if report=$(nice -n "$nice_level" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+    jq -c --arg load "$load" '{server: "floor", load: $load, report: .}' <<<"$report" >>"$tmp/reports.jsonl"
+  else
+    log "floor $load failed: $(tail -3 "$tmp/bench.err" | tr '\n' ' ')"
+  fi
+}
+
 t0=$(date +%s)
 for server in $servers; do
   for load in $loads; do
@@ -267,6 +285,7 @@ for server in $servers; do
     stop_server
   done
 done
+for load in $loads; do floor "$load"; done
 elapsed=$(($(date +%s) - t0))
 load_after=$(loadavg)
 
@@ -363,6 +382,29 @@ for server in $servers; do [ "$server" = chorus ] || peers+=" $server"; done
       done
     done
   fi
+  echo
+  echo "## The floor: one write() per delivery"
+  echo
+  echo "\`chorus bench floor\` (same run, after the servers): a thread pinned to core $server_core writes one"
+  echo "32-byte frame per update to each of N loopback TCP sockets, read on core $tool_core, at the load's update"
+  echo "rate, and does nothing else. Its CPU per write is the least a delivery can cost here (on loopback a"
+  echo "write also runs the receiver's TCP processing). A server's CPU per update divided by it says what the"
+  echo "server spends beyond that write; below 1 needs several updates coalesced into one write."
+  echo
+  echo "| load | clients | floor µs CPU / write |$(for server in $servers; do printf ' %s / floor |' "$(name "$server")"; done)"
+  echo "|---|---:|---:|$(for _ in $servers; do printf -- '---:|'; done)"
+  for load in $loads; do
+    for n in ${clients//,/ }; do
+      fl=$(jq -r --arg l "$load" --argjson n "$n" \
+        'select(.server == "floor" and .load == $l) | .report.steps[] | select(.counters.connections == $n) | .counters.cpu_ns_per_write / 1000' \
+        "$tmp/reports.jsonl" | head -1)
+      line="| $load | $n | $(awk -v f="${fl:-0}" 'BEGIN { if (f > 0) printf "%.2f", f; else printf "-" }') |"
+      for server in $servers; do
+        line+=" $(ratio "$(row "$server" "$load" "$n" '.server_cpu_us_per_update // 0')" "${fl:-0}")× |"
+      done
+      echo "$line"
+    done
+  done
   echo
   echo "## Commands"
   echo

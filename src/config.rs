@@ -437,6 +437,7 @@ impl Config {
             max_sessions: self.meeting_max_participants,
             max_tracks: self.sfu_max_tracks,
             keyframe_interval: Duration::from_millis(self.sfu_keyframe_interval_ms),
+            ..signaling::sfu::RoomConfig::default()
         }
     }
 

@@ -101,14 +101,17 @@ impl Permit {
 }
 
 /// Run one connection to its end. `preauth` holds claims the transport verified already.
-pub async fn run<R: FrameReader, W: FrameWriter>(
+///
+/// Not an `async fn`: its arguments would be kept in the future twice (as the function's and
+/// as the inner block's), for the connection's whole life.
+pub fn run<R: FrameReader, W: FrameWriter>(
     shared: Arc<Shared>,
     transport: Transport,
     mut reader: R,
     writer: W,
     preauth: Option<crate::access::Claims>,
     permit: Permit,
-) {
+) -> impl Future<Output = ()> + Send {
     let id = shared.next_conn_id();
     let span = tracing::debug_span!(
         "conn",
@@ -148,26 +151,13 @@ pub async fn run<R: FrameReader, W: FrameWriter>(
             meetings: OpenMeetings::default(),
         };
         conn.read_loop(reader, &metrics).await;
-        for channel in conn.session.subscriptions() {
-            shared.hub.unsubscribe(channel, id);
-        }
-        std::mem::take(&mut conn.docs).close_all().await;
-        std::mem::take(&mut conn.meetings).close_all(id).await;
-        if let Some(user) = &conn.registered {
-            shared.users.unregister(user, id);
-            Box::pin(shared.presence.disconnect(id)).await;
-        }
-        let abort = writer.abort_handle();
-        if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
-            tracing::debug!("writer did not finish in time");
-            abort.abort();
-        }
+        // Boxed: the goodbye's state exists only while the connection ends.
+        Box::pin(conn.finish(writer)).await;
         metrics.connections.dec();
         drop(permit);
         tracing::debug!("closed");
     }
     .instrument(span)
-    .await
 }
 
 struct Conn {
@@ -184,16 +174,38 @@ struct Conn {
 }
 
 impl Conn {
+    /// Leave every channel, document, meeting and registry, then wait (bounded) for the writer
+    /// to say goodbye.
+    async fn finish(mut self, writer: tokio::task::JoinHandle<()>) {
+        let (shared, id) = (&self.shared, self.session.id());
+        for channel in self.session.subscriptions() {
+            shared.hub.unsubscribe(channel, id);
+        }
+        std::mem::take(&mut self.docs).close_all().await;
+        std::mem::take(&mut self.meetings).close_all(id).await;
+        if let Some(user) = &self.registered {
+            shared.users.unregister(user, id);
+            shared.presence.disconnect(id).await;
+        }
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+            tracing::debug!("writer did not finish in time");
+            abort.abort();
+        }
+    }
+
     async fn read_loop<R: FrameReader>(&mut self, mut reader: R, metrics: &TransportMetrics) {
         let shutdown = self.shared.shutdown.clone();
         let closed = self.outbox.closed_token();
         let mailbox = self.mailbox.clone();
-        let mut in_flight = InFlight::new();
+        // Made by the first `chat.*` request: most connections never send one.
+        let mut in_flight: Option<InFlight> = None;
         loop {
             let deadline = self.session.poll_timeout().map(Instant::from_std);
-            let reading = in_flight.len() < MAX_IN_FLIGHT;
+            let reading = in_flight.as_ref().is_none_or(|f| f.len() < MAX_IN_FLIGHT);
+            let answering = in_flight.as_ref().is_some_and(|f| !f.is_empty());
             tokio::select! {
-                Some((request, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((request, result)) = next_answer(&mut in_flight), if answering => {
                     self.answer(&request, result);
                 }
                 frame = reader.next_frame(), if reading => match frame {
@@ -270,7 +282,7 @@ impl Conn {
     /// Act on everything the session wants; returns true once the connection is closing.
     /// `chat.*` requests are submitted in the order they came and join `in_flight`; the
     /// others run here, one at a time.
-    async fn drain_outputs(&mut self, in_flight: &mut InFlight) -> bool {
+    async fn drain_outputs(&mut self, in_flight: &mut Option<InFlight>) -> bool {
         if self.registered.is_none()
             && let Some(claims) = self.session.claims()
         {
@@ -342,7 +354,9 @@ impl Conn {
                     let submitted = Box::pin(submit).await;
                     let request = ClientFrame::Chat(request);
                     match submitted {
-                        Ok(ack) => in_flight.push(Box::pin(async move { (request, ack.await) })),
+                        Ok(ack) => in_flight
+                            .get_or_insert_with(InFlight::new)
+                            .push(Box::pin(async move { (request, ack.await) })),
                         Err(e) => self.session.fail(&request, e.code, e.message),
                     }
                 }
@@ -358,7 +372,7 @@ impl Conn {
                     reconnect,
                 } => {
                     // What is in flight commits anyway: acknowledge it before the goodbye.
-                    while let Some((request, result)) = in_flight.next().await {
+                    while let Some((request, result)) = next_answer(in_flight).await {
                         self.answer(&request, result);
                     }
                     while let Some(Output::Send(frame)) = self.session.poll_output() {
@@ -439,6 +453,13 @@ impl Conn {
     }
 }
 
+/// The next request in flight to resolve; `None` when there are none.
+async fn next_answer(
+    in_flight: &mut Option<InFlight>,
+) -> Option<(ClientFrame, Result<serde_json::Value, ServiceError>)> {
+    in_flight.as_mut()?.next().await
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -446,7 +467,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop<W: FrameWriter>(
+pub(crate) async fn write_loop<W: FrameWriter>(
     mut writer: W,
     outbox: Arc<Outbox>,
     metrics: TransportMetrics,
@@ -495,7 +516,12 @@ async fn write_loop<W: FrameWriter>(
                     };
                     encode_server(&frame, outbox.encoding())
                 });
-                let _ = tokio::time::timeout(CLOSE_GRACE, writer.close(goodbye, reason.code)).await;
+                // Boxed: an idle writer's future need not hold the goodbye's state.
+                let close = Box::pin(tokio::time::timeout(
+                    CLOSE_GRACE,
+                    writer.close(goodbye, reason.code),
+                ));
+                let _ = close.await;
                 return;
             }
         }

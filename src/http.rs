@@ -57,6 +57,7 @@ fn documented() -> Router<Arc<Shared>> {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::chat::http::api())
         .merge(docs::http::api())
+        .merge(crate::meetings::whip::api())
         .split_for_parts();
     let spec: Arc<str> = api
         .to_json()
@@ -89,7 +90,9 @@ fn documented() -> Router<Arc<Shared>> {
     components(schemas(ErrorBody, EventKind, ThreadSummary, Reaction)),
     tags(
         (name = "chat", description = "Rooms, messages, history, read state and search"),
-        (name = "docs", description = "Co-edited Yjs documents: create, list, export, delete")
+        (name = "docs", description = "Co-edited Yjs documents: create, list, export, delete"),
+        (name = "media", description = "WHIP ingest (RFC 9725) and WHEP playback of a room's SFU meeting; \
+                                         SDP bodies, errors as text")
     )
 )]
 struct ApiDoc;

@@ -208,6 +208,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(config.log_format);
+    tune_malloc();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
@@ -237,6 +238,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Keep the server's resident memory close to what it holds. By default glibc's malloc makes up
+/// to 8 arenas per core, each keeping its own freed memory, and raises its mmap and trim
+/// thresholds after a large block is freed (up to 32 MiB), so memory freed after a burst stays
+/// resident. The server caps the arenas at one per core it may run on (the runtime runs one
+/// worker per core) and fixes both thresholds at their initial 128 KiB; a `MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment is left to glibc.
+/// With 200 clients on one document this keeps 4 MiB less resident (`docs/bench/`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, cores as libc::c_int),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, THRESHOLD),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, THRESHOLD),
+    ];
+    for (variable, parameter, value) in settings {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only changes the allocator's parameters, and no other thread
+            // of the server runs yet.
+            unsafe { libc::mallopt(parameter, value) };
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -66,7 +66,7 @@ function showNotice(text) {
 
 // ---- tiles
 
-const tiles = new Map(); // key -> {el, video, stream}
+const tiles = new Map(); // key -> {el, video, stream, unobserve}
 
 function tileKey(sid, source) {
   return source === "screen_share" || source === "screen_share_audio" ? `${sid}:screen` : sid;
@@ -98,6 +98,7 @@ function tile(key, { label, name = label, local = false, screen = false, sid }) 
 function dropTile(key) {
   const t = tiles.get(key);
   if (!t) return;
+  t.unobserve?.();
   t.video.srcObject = null;
   t.el.remove();
   tiles.delete(key);
@@ -167,8 +168,11 @@ async function main() {
   }
 
   // Ask for the devices while connecting; the answer is needed only after joining.
+  // Through the SFU, the camera goes out in three layers (a quarter, a half, the whole): a
+  // larger capture keeps the lowest one useful.
+  const size = mode === "sfu" ? { width: { ideal: 1280 }, height: { ideal: 720 } } : { width: { ideal: 640 }, height: { ideal: 360 } };
   const media = navigator.mediaDevices
-    .getUserMedia({ audio: true, video: { width: { ideal: 640 }, height: { ideal: 360 } } })
+    .getUserMedia({ audio: true, video: size })
     .then((stream) => ({ stream }), (error) => ({ error }));
 
   client = new Client({ token, clientName: "chorus-meet/0.1" });
@@ -248,6 +252,11 @@ function wire(meeting, client) {
     const label = screen ? `${p.name} (screen)` : participantLabel(p);
     const t = tile(key, { label, name: p.name, screen, sid: p.sid });
     addMedia(t, mediaTrack);
+    if (track.kind === "video") {
+      // SFU mode: the server sends the simulcast layer that fits the tile.
+      t.unobserve?.();
+      t.unobserve = meeting.observeVideo(track.sid, t.video);
+    }
     if (!screen) renderState(t, p.tracks ?? []);
   });
   meeting.on("track-ended", ({ participant, track, mediaTrack }) => {
@@ -255,6 +264,10 @@ function wire(meeting, client) {
     const t = tiles.get(key);
     if (!t) return;
     removeMedia(t, mediaTrack);
+    if (track.kind === "video") {
+      t.unobserve?.();
+      t.unobserve = null;
+    }
     if (key.endsWith(":screen") && t.stream.getTracks().length === 0) dropTile(key);
   });
   meeting.on("muted", ({ track, by }) => {
@@ -263,6 +276,14 @@ function wire(meeting, client) {
     const self = tiles.get("self");
     if (self) renderState(self, meeting.localTracks().map((t) => t.meta));
     renderControls();
+  });
+  meeting.on("speakers", ({ speakers }) => {
+    // The loudest speaker's tile is highlighted (the others' tiles are not).
+    const top = speakers[0]?.participant;
+    for (const [key, t] of tiles) {
+      const sid = key === "self" ? meeting.self?.sid : key;
+      t.el.classList.toggle("speaking", top !== undefined && sid === top);
+    }
   });
   meeting.on("left", ({ reason }) => {
     setState("left");

@@ -61,6 +61,13 @@ export function parseSdpMedia(sdp) {
   return sections;
 }
 
+// SFU mode: the server asks for camera video in these simulcast layers (rids, lowest first),
+// each a quarter, a half and the whole of the captured size.
+const LAYERS = ["q", "h", "f"];
+const LAYER_SCALE = [4, 2, 1];
+// How long an element's size must hold before it is reported (resizes come in bursts).
+const LAYOUT_DEBOUNCE_MS = 250;
+
 function sends(direction) {
   return direction === "sendrecv" || direction === "sendonly";
 }
@@ -90,6 +97,8 @@ function streamGroup(source) {
  * - `connection` ({state}): `reconnecting` while the session is lost, `joined` once back;
  * - `peer-state` ({participant, state}): a peer connection's `connectionState` changed (in
  *   SFU mode the one connection with the server: `participant` is null);
+ * - `speakers` ({speakers}): SFU mode, who speaks now, loudest first: `[{participant, level}]`
+ *   with `level` from 0 to 100 (an empty list: nobody);
  * - `error` ({error, context}): a failure outside any call (signalling, resume).
  */
 export class Meeting extends Emitter {
@@ -168,9 +177,12 @@ export class Meeting extends Emitter {
     this.#requireJoined();
     if (!SOURCES.includes(source)) throw new ChorusError("invalid_request", `unknown source \`${source}\``);
     const muted = Boolean(options.muted);
+    // Through the SFU the camera goes out in simulcast layers (15.7), so each receiver gets
+    // the size it shows; a screen share keeps its one full-size encoding.
+    const simulcast = this.mode === "sfu" && source === "camera" && track.kind === "video";
     const { track: meta } = await this.client.request(
       "meeting.publish",
-      this.#fields({ cid: track.id, kind: track.kind, source, muted }),
+      this.#fields({ cid: track.id, kind: track.kind, source, muted, ...(simulcast ? { simulcast } : {}) }),
     );
     const group = streamGroup(source);
     if (!this.#streams.has(group)) this.#streams.set(group, new MediaStream());
@@ -324,6 +336,12 @@ export class Meeting extends Emitter {
         if (this.#ours(f) && this.state === "joined") this.#server?.handleOffer(f);
       }),
       c.on("meeting.muted", (f) => this.#ours(f) && this.#onMuted(f)),
+      c.on("meeting.layers", (f) => {
+        if (this.#ours(f) && this.state === "joined") this.#server?.setLayers(f.track, f.active);
+      }),
+      c.on("meeting.speakers", (f) => {
+        if (this.#ours(f) && this.state === "joined") this.emit("speakers", { speakers: f.speakers });
+      }),
       c.on("meeting.data", (f) => {
         if (this.#ours(f) && this.state === "joined") {
           this.emit("data", { from: f.from, payload: f.payload, topic: f.topic });
@@ -509,6 +527,43 @@ export class Meeting extends Emitter {
     this.#closeServer();
     for (const off of this.#unlisten) off();
     this.#unlisten = [];
+  }
+
+  /**
+   * SFU mode: report the size of the element that shows remote video track `track` (its sid)
+   * as it changes, so the server sends the simulcast layer that fits (none while the element
+   * has no size, e.g. hidden). Returns a function that stops watching. In a mesh, does nothing.
+   * @param {string} track
+   * @param {HTMLElement} element
+   * @returns {() => void}
+   */
+  observeVideo(track, element) {
+    if (this.mode !== "sfu" || typeof ResizeObserver === "undefined") return () => {};
+    let timer = null;
+    let sent = null;
+    const report = () => {
+      timer = null;
+      const ratio = globalThis.devicePixelRatio || 1;
+      const width = Math.min(16384, Math.round(element.clientWidth * ratio));
+      const height = Math.min(16384, Math.round(element.clientHeight * ratio));
+      if (this.state !== "joined" || (sent && sent[0] === width && sent[1] === height)) return;
+      sent = [width, height];
+      this.client.request("meeting.layout", this.#fields({ track, width, height })).catch((error) => {
+        sent = null;
+        // The track went meanwhile: its element goes with it.
+        if (error.code === "not_found" || error.code === "closed") return;
+        this.emit("error", { error, context: "layout" });
+      });
+    };
+    const observer = new ResizeObserver(() => {
+      clearTimeout(timer);
+      timer = setTimeout(report, LAYOUT_DEBOUNCE_MS);
+    });
+    observer.observe(element);
+    return () => {
+      clearTimeout(timer);
+      observer.disconnect();
+    };
   }
 
   /** @internal Send a signalling message to `to`; failures are reported as `error` events. */
@@ -776,6 +831,7 @@ class ServerSession {
     this.pc = new RTCPeerConnection({ iceServers: meeting.iceServers });
     this.lines = new Map(); // mid -> {mid, track, participant, kind} of the last offer
     this.live = new Map(); // received track sid -> {meta, mediaTrack, from}
+    this.layers = new Map(); // own track sid -> the simulcast rids the server wants sent
     this.chain = Promise.resolve();
     this.closed = false;
     const pc = this.pc;
@@ -821,6 +877,44 @@ class ServerSession {
     if (transceiver.sender.track === entry.track) return;
     await transceiver.sender.replaceTrack(entry.track);
     transceiver.sender.setStreams(entry.stream);
+    await this.#encode(transceiver, entry.meta.sid);
+  }
+
+  /**
+   * Size each simulcast layer the server's offer asked for (the browser made one encoding per
+   * rid), and send only the layers the server last said it needs.
+   */
+  async #encode(transceiver, trackSid) {
+    const sender = transceiver.sender;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    const active = this.layers.get(trackSid);
+    let changed = false;
+    for (const encoding of params.encodings) {
+      const layer = LAYERS.indexOf(encoding.rid);
+      if (layer < 0) continue;
+      const scale = LAYER_SCALE[layer];
+      const on = active ? active.includes(encoding.rid) : true;
+      if (encoding.scaleResolutionDownBy !== scale || encoding.active !== on) {
+        encoding.scaleResolutionDownBy = scale;
+        encoding.active = on;
+        changed = true;
+      }
+    }
+    if (changed) await sender.setParameters(params);
+  }
+
+  /** The server needs only layers `active` of our track `trackSid`: pause the others. */
+  setLayers(trackSid, active) {
+    this.layers.set(trackSid, active);
+    this.chain = this.chain
+      .then(async () => {
+        const transceiver = this.#transceiverOf(trackSid);
+        if (transceiver?.sender.track && !this.closed) await this.#encode(transceiver, trackSid);
+      })
+      .catch((error) => {
+        if (!this.closed) this.meeting.emit("error", { error, context: "layers" });
+      });
   }
 
   #transceiverOf(trackSid) {

@@ -5,8 +5,8 @@
 use crate::sdp::{SdpError, check_sdp};
 use crate::sfu::{Room, RoomError};
 use crate::wire::{
-    Candidate, Grants, JoinReply, LeftReason, MeetingFrame, MeetingMode, Participant,
-    ParticipantState, SignalKind, Track, TrackKind, TrackSource,
+    ActiveSpeaker, Candidate, Grants, JoinReply, LeftReason, MeetingFrame, MeetingMode,
+    Participant, ParticipantState, SignalKind, Track, TrackKind, TrackSource,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -123,6 +123,8 @@ struct Member {
     grants: Grants,
     /// When a reconnecting participant leaves for good.
     deadline: Option<Millis>,
+    /// Its video tracks sent in simulcast layers (SFU mode).
+    layered: BTreeSet<String>,
 }
 
 /// One live meeting.
@@ -303,6 +305,7 @@ impl Meeting {
             conn: Some(conn),
             grants: joiner.grants,
             deadline: None,
+            layered: BTreeSet::new(),
         };
         self.members.insert(sid.clone(), member);
         self.bind(conn, &sid, current.is_none());
@@ -392,6 +395,7 @@ impl Meeting {
             .position(|t| t.sid == track)
             .ok_or_else(|| Error::NotFound(format!("you publish no track {track}")))?;
         member.info.tracks.remove(at);
+        member.layered.remove(track);
         self.touch(&sid);
         if let Some(room) = &mut self.sfu {
             room.unpublish(track);
@@ -543,6 +547,45 @@ impl Meeting {
         };
         check_sdp_fits(sdp, &grants)?;
         Ok(room.handle_answer(&me, sdp)?)
+    }
+
+    /// SFU mode: connection `conn`'s participant sends its video track `track` (just
+    /// published) in simulcast layers, so the server's line for it asks for them. In a mesh,
+    /// nothing to do.
+    pub fn simulcast(&mut self, conn: ConnId, track: &str) -> Result<(), Error> {
+        let me = self.active(conn)?;
+        if !self.members[&me].info.tracks.iter().any(|t| t.sid == track) {
+            return Err(Error::NotFound(format!("you publish no track {track}")));
+        }
+        let Some(room) = &mut self.sfu else {
+            return Ok(());
+        };
+        room.simulcast(track)?;
+        self.member_mut(&me).layered.insert(track.to_string());
+        Ok(())
+    }
+
+    /// SFU mode: connection `conn`'s participant shows `track` in an element of `width` by
+    /// `height` pixels (0: hidden); the server picks the simulcast layer it receives.
+    pub fn layout(
+        &mut self,
+        conn: ConnId,
+        track: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), Error> {
+        let me = self.active(conn)?;
+        if !self.members[&me].grants.subscribe {
+            return Err(Error::Forbidden(
+                "receiving media needs the subscribe grant".into(),
+            ));
+        }
+        let Some(room) = &mut self.sfu else {
+            return Err(Error::Invalid(
+                "this meeting is peer to peer: layouts are for the SFU".into(),
+            ));
+        };
+        Ok(room.set_layout(&me, track, width, height)?)
     }
 
     /// Relay `payload` to participants `to` (default: every other active one).
@@ -704,6 +747,36 @@ impl Meeting {
                 open: route.open,
             });
         }
+        while let Some(change) = room.poll_layers() {
+            let Some(conn) = self.members.get(&change.participant).and_then(|m| m.conn) else {
+                continue;
+            };
+            self.outputs.push_back(Output::Send {
+                conn,
+                frame: MeetingFrame::Layers {
+                    space: self.space.clone(),
+                    room: self.room.clone(),
+                    track: change.track,
+                    active: change.active,
+                },
+            });
+        }
+        if let Some(speakers) = room.poll_speakers() {
+            let conns: Vec<ConnId> = self.members.values().filter_map(|m| m.conn).collect();
+            self.outputs.push_back(Output::Broadcast {
+                conns,
+                frame: MeetingFrame::Speakers {
+                    space: self.space.clone(),
+                    room: self.room.clone(),
+                    speakers: (speakers.into_iter())
+                        .map(|s| ActiveSpeaker {
+                            participant: s.participant,
+                            level: s.level,
+                        })
+                        .collect(),
+                },
+            });
+        }
         while let Some(offer) = room.poll_offer() {
             // A reconnecting participant's offer is lost: resuming starts a new session.
             let Some(conn) = self.members.get(&offer.participant).and_then(|m| m.conn) else {
@@ -734,6 +807,9 @@ impl Meeting {
             .collect();
         for (track, kind) in &tracks {
             room.publish(sid, track, *kind)?;
+            if self.members[sid].layered.contains(track) {
+                room.simulcast(track)?;
+            }
         }
         for (track, _) in &tracks {
             self.subscribe_others(sid, track)?;

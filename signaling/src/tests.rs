@@ -1030,3 +1030,89 @@ fn resuming_in_an_sfu_meeting_starts_a_new_session_with_the_same_tracks() {
     let again = offers(&sim.take(2));
     assert_eq!(again.last().unwrap().1, [(track, alice)]);
 }
+
+#[test]
+fn sfu_publishers_are_asked_for_simulcast_and_layouts_are_checked() {
+    let mut sim = sfu();
+    sim.join(1, "alice");
+    let first = offers(&sim.take(1));
+    // A str0m client (as a browser would) takes the simulcast layers it is asked for.
+    let mut alice = str0m::Rtc::new(std::time::Instant::now());
+    let mut answer_of = |sdp: &str| {
+        let offer = str0m::change::SdpOffer::from_sdp_string(sdp).unwrap();
+        alice.sdp_api().accept_offer(offer).unwrap().to_sdp_string()
+    };
+    sim.meeting.answer(1, &answer_of(&first[0].0)).unwrap();
+    // A screen share is sent as it is; the camera in layers.
+    (sim.meeting)
+        .publish(
+            1,
+            "screen",
+            TrackKind::Video,
+            TrackSource::ScreenShare,
+            false,
+        )
+        .unwrap();
+    sim.drain();
+    let offered = offers(&sim.take(1));
+    assert!(!offered[0].0.contains("a=simulcast"), "{}", offered[0].0);
+    sim.meeting.answer(1, &answer_of(&offered[0].0)).unwrap();
+    let track = (sim.meeting)
+        .publish(1, "cam", TrackKind::Video, TrackSource::Camera, false)
+        .unwrap()
+        .sid;
+    sim.meeting.simulcast(1, &track).unwrap();
+    assert!(matches!(
+        sim.meeting.simulcast(1, "t-none"),
+        Err(Error::NotFound(_))
+    ));
+    sim.drain();
+    let offered = offers(&sim.take(1));
+    // The publisher's video line asks for three simulcast layers, low to high.
+    assert!(
+        offered[0].0.contains("a=simulcast:recv q;h;f"),
+        "{}",
+        offered[0].0
+    );
+    let answer = answer_of(&offered[0].0);
+    assert!(answer.contains("a=simulcast:send q;h;f"), "{answer}");
+    sim.meeting.answer(1, &answer).unwrap();
+    sim.join_as(2, "viewer", VIEWER, None).unwrap();
+    let offered = offers(&sim.take(2));
+    sim.meeting
+        .answer(2, &client_answer(&offered[0].0))
+        .unwrap();
+    sim.drain();
+    sim.take(1);
+
+    // The server's room picks the layer (sfu::tests cover the layers and their pausing).
+    sim.meeting.layout(2, &track, 160, 90).unwrap();
+    // Layouts are bounded, for tracks the participant receives, and need the subscribe grant.
+    assert!(matches!(
+        sim.meeting.layout(2, &track, 20_000, 10),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        sim.meeting.layout(2, "t-none", 10, 10),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        sim.meeting.layout(1, &track, 10, 10),
+        Err(Error::NotFound(_))
+    ));
+    let publisher_only = Grants {
+        subscribe: false,
+        ..ALL
+    };
+    sim.join_as(3, "camera", publisher_only, None).unwrap();
+    assert!(matches!(
+        sim.meeting.layout(3, &track, 10, 10),
+        Err(Error::Forbidden(_))
+    ));
+    let mut mesh = Sim::default();
+    mesh.join(1, "alice");
+    assert!(matches!(
+        mesh.meeting.layout(1, &track, 10, 10),
+        Err(Error::Invalid(_))
+    ));
+}

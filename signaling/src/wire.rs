@@ -113,6 +113,13 @@ pub struct MediaLine {
 }
 
 /// A trickled ICE candidate, as `RTCIceCandidateInit` has it.
+/// A participant speaking, with its level from 0 (just speaking) to 100 (the loudest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveSpeaker {
+    pub participant: String,
+    pub level: u8,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     pub candidate: String,
@@ -196,6 +203,10 @@ pub enum MeetingRequest {
         source: TrackSource,
         #[serde(default)]
         muted: bool,
+        /// SFU mode, video: the client sends the track in the simulcast layers the server's
+        /// offer asks for.
+        #[serde(default)]
+        simulcast: bool,
     },
     #[serde(rename = "meeting.unpublish")]
     Unpublish {
@@ -261,6 +272,18 @@ pub enum MeetingRequest {
         #[serde(default)]
         to: Option<Vec<String>>,
     },
+    /// SFU mode: the subscriber shows `track` in an element of `width` by `height` device
+    /// pixels (0 for either: hidden), so the server picks the simulcast layer it gets.
+    #[serde(rename = "meeting.layout")]
+    Layout {
+        id: RequestId,
+        room: String,
+        #[serde(default)]
+        space: Option<String>,
+        track: String,
+        width: u32,
+        height: u32,
+    },
     #[serde(rename = "meeting.leave")]
     Leave {
         id: RequestId,
@@ -283,6 +306,7 @@ impl MeetingRequest {
         "meeting.mute",
         "meeting.remove",
         "meeting.data",
+        "meeting.layout",
         "meeting.leave",
     ];
 
@@ -324,6 +348,9 @@ impl MeetingRequest {
                 id, room, space, ..
             }
             | MeetingRequest::Data {
+                id, room, space, ..
+            }
+            | MeetingRequest::Layout {
                 id, room, space, ..
             }
             | MeetingRequest::Leave {
@@ -391,6 +418,21 @@ pub enum MeetingFrame {
         by: String,
     },
     /// The receiver is out of the meeting.
+    /// SFU mode, to a publisher: send only these simulcast layers (rids) of `track`.
+    #[serde(rename = "meeting.layers")]
+    Layers {
+        space: String,
+        room: String,
+        track: String,
+        active: Vec<String>,
+    },
+    /// SFU mode, to everyone: who speaks now, loudest first.
+    #[serde(rename = "meeting.speakers")]
+    Speakers {
+        space: String,
+        room: String,
+        speakers: Vec<ActiveSpeaker>,
+    },
     #[serde(rename = "meeting.left")]
     Left {
         space: String,

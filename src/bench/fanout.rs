@@ -15,6 +15,12 @@
 //! (`--tick-ms`), writing each tick's messages with one write, and count replies and errors
 //! (`rate_limited` above all) without waiting for them.
 //!
+//! With `--slow K`, K more subscribers subscribe and then never read, as stalled clients: the
+//! server must cut them as slow consumers while the others' figures stay as they were. They
+//! read what reached them only after the last step (`SlowSub::drain`), and the summary says how
+//! they ended (the `disconnect` code and message, the close frame, or still connected), how long
+//! after subscribing the server stopped feeding them, and how much reached them.
+//!
 //! With `--target nats` the same code runs against nats-server (see `nats`): messages are
 //! `PUB`s with the same stamp as payload, a publisher's batch counts as published at the `PONG`
 //! answering the `PING` sent after it, and there are no offsets to check.
@@ -87,6 +93,11 @@ pub struct FanoutArgs {
     /// After a step, how long to wait without progress for the last deliveries.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub drain_ms: u64,
+    /// Extra subscribers that subscribe and then never read, as a stalled client would: the
+    /// server must cut them as slow consumers while the others' figures do not move. They
+    /// read what reached them only after the last step, to report how they were treated.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub slow: usize,
 }
 
 /// Rates of a ladder.
@@ -269,8 +280,13 @@ struct SubState {
 }
 
 impl SubState {
-    /// `offset`: none on targets without offsets (NATS).
-    fn on_message(&mut self, offset: Option<u64>, stamp: Option<Stamp>, now: Instant) -> Rec {
+    /// Nanoseconds from the run's start to `now`, the clock of stamps.
+    fn clock(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// `offset`: none on targets without offsets (NATS). `now_ns`: when it was read (`clock`).
+    fn on_message(&mut self, offset: Option<u64>, stamp: Option<Stamp>, now_ns: u64) -> Rec {
         let offset_gap = offset.is_some_and(|o| o != self.last_offset.wrapping_add(1));
         if let Some(o) = offset {
             self.last_offset = o;
@@ -289,7 +305,6 @@ impl SubState {
         let next = &mut self.expected[s.publisher as usize];
         let (duplicate, gap) = (s.seq < *next, s.seq > *next);
         *next = (*next).max(s.seq + 1);
-        let now_ns = now.saturating_duration_since(self.base).as_nanos() as u64;
         Rec {
             phase: s.phase,
             count: 1,
@@ -315,10 +330,13 @@ async fn subscriber(
     let mut others: Vec<Vec<u8>> = Vec::new();
     loop {
         let mut ping = false;
+        // Every frame of one read has the same receive time: convert it once.
+        let mut now_ns = None;
         let read = reader
             .read(&mut |frame, now| match scanner.scan(frame) {
                 Scanned::Message { offset, stamp } => {
-                    let rec = state.on_message(offset, stamp, now);
+                    let now_ns = *now_ns.get_or_insert_with(|| state.clock(now));
+                    let rec = state.on_message(offset, stamp, now_ns);
                     if !recs.last_mut().is_some_and(|last| last.absorb(&rec)) {
                         recs.push(rec);
                     }
@@ -380,6 +398,147 @@ async fn subscriber(
             return;
         }
     }
+}
+
+/// A subscriber that never reads (`--slow`), until the run is over.
+struct SlowSub {
+    reader: Reader,
+    /// Kept open: closing it would tell the server the client is gone.
+    writer: Writer,
+    subscribed: Instant,
+    last_offset: u64,
+}
+
+/// How the server treated a subscriber that never read, as it finds out by reading at last.
+#[derive(Debug)]
+struct SlowOutcome {
+    /// Bytes of the messages that reached it before its connection ended.
+    bytes: u64,
+    /// Offsets that did not follow the one before: the server may cut the stream, never skip.
+    offset_gaps: u64,
+    /// How long after it subscribed the last message it got was published: when the server
+    /// stopped queueing for it, to within a publisher tick.
+    fed_for: Option<Duration>,
+    /// How its connection ended: the `disconnect` code, the close frame, or that it is open.
+    end: String,
+}
+
+impl SlowOutcome {
+    fn cut(&self) -> bool {
+        self.end != STILL_OPEN
+    }
+}
+
+const STILL_OPEN: &str = "still connected";
+
+impl SlowSub {
+    /// Read everything that reached this subscriber, until its connection ends or nothing
+    /// comes for `quiet`.
+    async fn drain(self, scanner: &ChannelScanner, base: Instant, quiet: Duration) -> SlowOutcome {
+        let SlowSub {
+            mut reader,
+            writer,
+            subscribed,
+            mut last_offset,
+        } = self;
+        let mut out = SlowOutcome {
+            bytes: 0,
+            offset_gaps: 0,
+            fed_for: None,
+            end: STILL_OPEN.into(),
+        };
+        let mut last_sent = None;
+        let mut disconnect = None;
+        let mut others: Vec<Vec<u8>> = Vec::new();
+        let ended = loop {
+            let mut on_frame = |frame: &[u8], _| match scanner.scan(frame) {
+                Scanned::Message { offset, stamp } => {
+                    out.bytes += frame.len() as u64;
+                    if let Some(o) = offset {
+                        out.offset_gaps += u64::from(o != last_offset.wrapping_add(1));
+                        last_offset = o;
+                    }
+                    if let Some(stamp) = stamp {
+                        last_sent = Some(stamp.t_ns);
+                    }
+                }
+                Scanned::Other => others.push(frame.to_vec()),
+                Scanned::Reply { .. } | Scanned::Ping | Scanned::Pong => {}
+            };
+            let read = tokio::time::timeout(quiet, reader.read(&mut on_frame)).await;
+            for frame in others.drain(..) {
+                // Its message says how much the server had queued when it gave up.
+                if let Some(ServerFrame::Disconnect { code, message, .. }) = scan::decode(&frame) {
+                    disconnect = Some(format!("disconnect {}: {message}", code.as_str()));
+                }
+            }
+            match read {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => break reader.closed.take(),
+                Ok(Err(e)) => break Some(format!("read failed: {e}")),
+                Err(_) => break None,
+            }
+        };
+        drop(writer);
+        if let Some(end) = disconnect.or(ended) {
+            out.end = end;
+        }
+        let subscribed_ns = subscribed.saturating_duration_since(base).as_nanos() as u64;
+        out.fed_for = last_sent.map(|t| Duration::from_nanos(t.saturating_sub(subscribed_ns)));
+        out
+    }
+}
+
+/// The report's part on slow subscribers: how many were cut, how, when, with how much sent.
+fn summarize_slow(slow: &[SlowOutcome]) -> (serde_json::Value, String) {
+    let mut ends: BTreeMap<&str, u64> = BTreeMap::new();
+    for o in slow {
+        *ends.entry(&o.end).or_insert(0) += 1;
+    }
+    let cut: Vec<&SlowOutcome> = slow.iter().filter(|o| o.cut()).collect();
+    let range = |values: Vec<f64>| {
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (!values.is_empty()).then_some((lo, hi))
+    };
+    let fed = range(
+        cut.iter()
+            .filter_map(|o| o.fed_for.map(|d| d.as_secs_f64()))
+            .collect(),
+    );
+    let mib = range(
+        cut.iter()
+            .map(|o| o.bytes as f64 / (1024.0 * 1024.0))
+            .collect(),
+    );
+    let gaps: u64 = slow.iter().map(|o| o.offset_gaps).sum();
+    let ends_text = (ends.iter())
+        .map(|(end, n)| format!("{end} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut line = format!(
+        "slow subscribers (never reading): {} of {} cut ({ends_text})",
+        cut.len(),
+        slow.len()
+    );
+    if let (Some(fed), Some(mib)) = (fed, mib) {
+        line += &format!(
+            "; fed for {:.2}-{:.2} s after subscribing, {:.1}-{:.1} MiB of messages reached them",
+            fed.0, fed.1, mib.0, mib.1
+        );
+    }
+    if gaps > 0 {
+        line += &format!("; {gaps} offset gaps before the cut");
+    }
+    let json = json!({
+        "subscribers": slow.len(),
+        "cut": cut.len(),
+        "ends": ends,
+        "fed_for_s": fed.map(|(lo, hi)| json!({"min": lo, "max": hi})),
+        "received_mib": mib.map(|(lo, hi)| json!({"min": lo, "max": hi})),
+        "offset_gaps": gaps,
+    });
+    (json, line)
 }
 
 /// What publishers are told to do.
@@ -677,8 +836,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     if args.duration.is_nan() || args.duration <= 0.0 || args.common.warmup < 0.0 {
         bail!("--duration must be positive and --warmup not negative");
     }
-    let (s, p) = (args.subscribers, args.publishers);
-    let target = Target::new(&args.common, s + p + 1, None).await?;
+    let (s, p, k) = (args.subscribers, args.publishers, args.slow);
+    let target = Target::new(&args.common, s + p + k + 1, None).await?;
     let ui = target.ui.clone();
     let mut notes = Vec::new();
     let rates = match &args.ladder {
@@ -690,7 +849,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     }
     let max_rate = rates.iter().copied().fold(0.0, f64::max);
 
-    let space = target.prepare_space(s + p).await?;
+    let space = target.prepare_space(s + p + k).await?;
     let channel = target.channel(&space, &args.topic)?;
     let base = Instant::now();
     let shards: Shards = Arc::new(
@@ -702,7 +861,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     // Subscribers: users 0..s; each says hello, subscribes, then runs its read loop at once
     // (so it answers pings however long the others take).
     let in_process = args.common.server_pid == Some(std::process::id());
-    super::usage::ensure_open_files(((s + p) * if in_process { 2 } else { 1 } + 200) as u64)?;
+    super::usage::ensure_open_files(((s + p + k) * if in_process { 2 } else { 1 } + 200) as u64)?;
     let (subscriber_tasks, failed) = target
         .connect_many(0..s, "subscribers", |i| {
             let (target, channel, shards) = (&target, &channel, shards.clone());
@@ -737,6 +896,28 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     if let Some((why, n)) = failed.iter().next() {
         abort_all(subscriber_tasks).await;
         bail!("{n} of {p} publishers could not connect: {why}");
+    }
+    // Slow subscribers: users s+p..s+p+k, subscribed last so that the others' set-up is not
+    // theirs to hold up; from here on nothing reads their sockets.
+    let (slow, failed) = target
+        .connect_many(s + p..s + p + k, "slow subscribers", |i| {
+            let (target, channel) = (&target, &channel);
+            async move {
+                let mut conn = target.connect(i).await?;
+                let offset = conn.subscribe(channel).await?;
+                let (reader, writer) = conn.into_parts();
+                Ok(SlowSub {
+                    reader,
+                    writer,
+                    subscribed: Instant::now(),
+                    last_offset: offset.unwrap_or(0),
+                })
+            }
+        })
+        .await;
+    if let Some((why, n)) = failed.iter().next() {
+        abort_all(subscriber_tasks).await;
+        bail!("{n} of {k} slow subscribers could not connect: {why}");
     }
     // The bounds' maximum (10^6) means the server was set up for load tests.
     let limit = pubs
@@ -855,6 +1036,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
     }
 
     publishers.cmds.send_replace(Cmd::Stop);
+    let scanner = ChannelScanner::new(&channel);
+    let quiet = Duration::from_millis(args.drain_ms);
+    let slow = futures_util::future::join_all(
+        (slow.into_iter()).map(|sub| sub.drain(&scanner, base, quiet)),
+    )
+    .await;
     abort_all(subscriber_tasks).await;
     publishers.tasks.shutdown().await;
 
@@ -868,7 +1055,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             format!("{foreign} messages on {channel} came from outside this run"),
         );
     }
-    let (summary, summary_lines) = summarize(args, &steps, s);
+    let (mut summary, mut summary_lines) = summarize(args, &steps, s);
+    if k > 0 {
+        let (json, line) = summarize_slow(&slow);
+        summary["slow"] = json;
+        summary_lines.push(line);
+    }
     Ok(Report {
         scenario: "fanout".into(),
         target: target.describe(),
@@ -886,6 +1078,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
             "warmup_s": args.common.warmup,
             "p99_bound_ms": args.p99_bound_ms,
             "threads": args.common.threads,
+            "slow": k,
             "channel": channel,
             "tokens": match target.kind {
                 TargetKind::Nats => "none (nats)",
@@ -1122,7 +1315,7 @@ mod tests {
             seq,
             t_ns: 0,
         };
-        let now = base + Duration::from_millis(3);
+        let now = s.clock(base + Duration::from_millis(3));
         let r = s.on_message(Some(11), Some(stamp(0, 0)), now);
         assert!(!r.duplicate && !r.gap && !r.offset_gap);
         assert_eq!((r.phase, r.latency_us), (2, 3000));
@@ -1140,7 +1333,43 @@ mod tests {
     }
 
     #[test]
+    fn slow_subscribers_are_summed_up_by_how_they_ended() {
+        let cut = |secs: u64, bytes: u64, end: &str| SlowOutcome {
+            bytes,
+            offset_gaps: 0,
+            fed_for: Some(Duration::from_secs(secs)),
+            end: end.into(),
+        };
+        let open = SlowOutcome {
+            fed_for: None,
+            ..cut(0, 0, STILL_OPEN)
+        };
+        let slow = [
+            cut(1, 1 << 20, "disconnect slow_consumer"),
+            cut(3, 3 << 20, "the server closed the connection"),
+            open,
+        ];
+        let (json, line) = summarize_slow(&slow);
+        assert_eq!(json["subscribers"], 3);
+        assert_eq!(json["cut"], 2);
+        assert_eq!(json["ends"][STILL_OPEN], 1);
+        assert_eq!(json["fed_for_s"], json!({"min": 1.0, "max": 3.0}));
+        assert_eq!(json["received_mib"], json!({"min": 1.0, "max": 3.0}));
+        assert!(
+            line.starts_with("slow subscribers (never reading): 2 of 3 cut"),
+            "{line}"
+        );
+        let (json, line) = summarize_slow(&slow[2..]);
+        assert_eq!(
+            (json["cut"].as_u64(), json["fed_for_s"].is_null()),
+            (Some(0), true)
+        );
+        assert!(!line.contains("fed for"), "{line}");
+    }
+
+    #[test]
     fn publish_frames_decode_as_the_server_reads_them() {
+        use serde::Deserialize;
         for encoding in Encoding::ALL {
             let job = PubJob {
                 kind: TargetKind::Chorus,
@@ -1164,7 +1393,7 @@ mod tests {
                 } => {
                     assert_eq!(id >> SEQ_BITS, 3);
                     assert_eq!(channel, "topic:s/t");
-                    assert_eq!(data["seq"], 5);
+                    assert_eq!(Stamp::deserialize(&data).unwrap(), stamp);
                     let json = serde_json::to_vec(&data).unwrap();
                     if encoding == Encoding::Json {
                         assert_eq!(json.len(), 100);

@@ -14,10 +14,11 @@
 //! - `yjs_hocuspocus`: the Hocuspocus provider protocol (`chorus bench yjs --yjs-server
 //!   hocuspocus`), so the yjs scenario runs unchanged against `@hocuspocus/server`.
 //! - `rtc_peer`: a meeting participant with real WebRTC media (webrtc-rs), negotiating as the
-//!   browser SDK does; the `meeting` scenario runs several, and the interop tests meet Chromium.
-//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`, `meeting`): `XArgs`
-//!   (clap) and `async fn run(&XArgs) -> Report`. A new scenario adds a module, a `Scenario`
-//!   variant and a match arm in `run`.
+//!   browser SDK does (mesh) or answering the server's offers (SFU); the `meeting` scenario
+//!   runs several, and the interop tests meet Chromium.
+//! - one module per scenario (`fanout`, `connections`, `presence`, `chat`, `yjs`, `meeting`,
+//!   `floor`): `XArgs` (clap) and `async fn run(&XArgs) -> Report`. A new scenario adds a
+//!   module, a `Scenario` variant and match arms in `output` and `run`.
 //!
 //! The tool runs on its own multi-thread runtime with `--threads` workers (default 1), so on a
 //! 2-core machine the server gets one core and the tool the other:
@@ -26,6 +27,7 @@
 pub mod chat;
 pub mod connections;
 pub mod fanout;
+pub mod floor;
 pub mod meeting;
 pub mod nats;
 pub mod presence;
@@ -83,21 +85,30 @@ pub enum Scenario {
     /// Chorus or the reference y-websocket server.
     Yjs(yjs::YjsArgs),
     /// A WebRTC meeting: N webrtc-rs peers join one room through the session protocol and
-    /// send each other synthetic audio and video in a mesh; join latency, time to first
-    /// media, RTP packets per second received, loss.
+    /// send synthetic audio and video, peer to peer or through the SFU (`--mode sfu`), every
+    /// peer to every other one or one to all (`--scenario fanout`); join latency, time to first
+    /// media, RTP packets per second received, loss, and in SFU mode forwarded packets per
+    /// second per core of server CPU.
     Meeting(meeting::MeetingArgs),
+    /// The least CPU a delivery can cost on this machine: one write() of a small frame to a
+    /// loopback socket read on another core, N sockets per round as in a fan-out. Divide a
+    /// scenario's server CPU per delivery by it, measured in the same run.
+    Floor(floor::FloorArgs),
 }
 
 impl Scenario {
-    pub fn common(&self) -> &CommonArgs {
-        match self {
+    /// The tool's worker threads, and whether to print JSON.
+    fn output(&self) -> (usize, bool) {
+        let common = match self {
             Scenario::Fanout(a) => &a.common,
             Scenario::Connections(a) => &a.common,
             Scenario::Presence(a) => &a.common,
             Scenario::Chat(a) => &a.common,
             Scenario::Yjs(a) => &a.common,
             Scenario::Meeting(a) => &a.common,
-        }
+            Scenario::Floor(a) => return (1, a.json),
+        };
+        (common.threads, common.json)
     }
 
     /// Run the scenario on the current runtime.
@@ -109,6 +120,7 @@ impl Scenario {
             Scenario::Chat(a) => chat::run(a).await,
             Scenario::Yjs(a) => yjs::run(a).await,
             Scenario::Meeting(a) => meeting::run(a).await,
+            Scenario::Floor(a) => floor::run(a).await,
         }
     }
 }
@@ -116,15 +128,15 @@ impl Scenario {
 /// The `chorus bench` command: run the scenario on a runtime of `--threads` workers and print
 /// its report.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let common = args.scenario.common();
+    let (threads, json) = args.scenario.output();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(common.threads.max(1))
+        .worker_threads(threads.max(1))
         .thread_name("bench")
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     let report = runtime.block_on(args.scenario.run())?;
-    report.print(common.json);
+    report.print(json);
     // Connections still closing must not delay the exit.
     runtime.shutdown_background();
     Ok(())

@@ -332,7 +332,11 @@ mod tests {
         assert_eq!(scanner.scan(unit), want);
         assert_eq!(crate::bench::scan::scan(unit), want);
         // Another subject, another layout: the generic path.
-        let other = msg("other.x", br#"{"t":5,"seq":2,"pub":1,"k":0}"#);
+        let packed = Stamp { t_ns: 5, ..stamp() }.pack();
+        let mut payload = br#"{"x":"", "s":""#.to_vec();
+        payload.extend_from_slice(&packed);
+        payload.extend_from_slice(br#""}"#);
+        let other = msg("other.x", &payload);
         assert!(matches!(
             scanner.scan(&other[..other.len() - 2]),
             Scanned::Message {

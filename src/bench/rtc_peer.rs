@@ -1,12 +1,20 @@
 //! A meeting participant with real WebRTC media (webrtc-rs): the base of `chorus bench meeting`
 //! and of the interop tests with browsers.
 //!
-//! A `MeetingPeer` joins a meeting over one session connection (a bench `Conn`), publishes a
-//! camera (VP8) and a microphone (Opus) track, and holds one `PeerConnection` per other active
-//! participant, negotiated as the browser SDK does (`sdk/js/meeting.js`, `docs/protocol.md`
-//! 15.6): perfect negotiation per pair, trickle ICE through `meeting.signal`, one transceiver
-//! per published track whose `a=msid` names the track's `cid`, directions fitted to the grants.
-//! A browser and this peer meet in one room.
+//! A `MeetingPeer` joins a meeting over one session connection (a bench `Conn`) and publishes
+//! a camera (VP8) and a microphone (Opus) track. In a mesh it holds one `PeerConnection` per
+//! other active participant, negotiated as the browser SDK does (`sdk/js/meeting.js`,
+//! `docs/protocol.md` 15.6): perfect negotiation per pair, trickle ICE through
+//! `meeting.signal`, one transceiver per published track whose `a=msid` names the track's
+//! `cid`, directions fitted to the grants. A browser and this peer meet in one room.
+//!
+//! In SFU mode (15.7) it holds one `PeerConnection`, with the server, which always offers:
+//! each `meeting.offer` is answered (`meeting.answer`); each published track gets a `sendonly`
+//! transceiver when the server accepts it, which the offer's `recvonly` line for the track
+//! takes (checked by mid against the offer's media list); the lines of other participants'
+//! tracks are named by that list, so their packets are counted per sender as in a mesh. The
+//! server is ICE-lite and learns this peer's address from its connectivity checks: no
+//! candidates are sent.
 //!
 //! The media is synthetic (`media`): each track sends `packet_rate` RTP packets a second, each
 //! a whole VP8 frame (a keyframe every second) or one Opus silence frame. Per remote track the
@@ -16,8 +24,9 @@
 //!
 //! Tasks: one reads the session connection into a bounded queue; one loop owns the session's
 //! writer, the participants and the peer connections, and does every negotiation step in
-//! order; each remote track has a reader task, each connected peer a sender task. The
-//! decisions live in plain structs: `negotiation::Negotiation` and `media`.
+//! order; each remote track has a reader task, each connected peer connection a sender task.
+//! The decisions live in plain structs: `negotiation::{Negotiation, SfuNegotiation}` and
+//! `media`.
 
 pub mod media;
 pub mod negotiation;
@@ -27,8 +36,8 @@ use super::target::{Conn, encode_request};
 use super::wire::{Reader, Writer};
 use crate::protocol::{Encoding, ServerFrame};
 use anyhow::{Context, anyhow, bail};
-use media::{Outgoing, TrackCounter};
-use negotiation::{Negotiation, OnCandidate, OnDescription, fit_direction};
+use media::{Outgoing, Pacer, TrackCounter};
+use negotiation::{Negotiation, OnCandidate, OnDescription, SfuNegotiation, fit_direction};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -42,8 +51,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use serde::Serialize;
 use serde_json::{Value, json};
 use signaling::wire::{
-    Candidate, Grants, JoinReply, MeetingFrame, Participant, ParticipantState, SignalKind,
-    TrackKind,
+    Candidate, Grants, JoinReply, MediaLine, MeetingFrame, MeetingMode, Participant,
+    ParticipantState, SignalKind, TrackKind,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -95,6 +104,9 @@ pub struct PeerConfig {
     pub video_bytes: usize,
     /// Address the peer connections gather their (host) candidates on.
     pub bind: IpAddr,
+    /// The mode this peer speaks, asked for when its join creates the meeting; a meeting in
+    /// the other mode is refused.
+    pub mode: MeetingMode,
 }
 
 /// What one remote track brought, as counted so far.
@@ -129,6 +141,9 @@ pub struct PeerReport {
     pub remote: Vec<RemoteTrackReport>,
     /// RTP packets handed to peer connections.
     pub sent_packets: u64,
+    /// Packets not sent because the sender fell behind by more than the pacer's catch-up
+    /// (the tool was the limit).
+    pub late_packets: u64,
     /// Failures by what failed (`publish: forbidden`, `signal: …`, …).
     pub errors: BTreeMap<String, u64>,
     /// Why the peer stopped before leaving, if it did.
@@ -136,6 +151,8 @@ pub struct PeerReport {
     /// The last negotiation steps (`HISTORY` at most), oldest first, to tell what happened
     /// when media does not flow.
     pub history: Vec<String>,
+    /// Server frames this peer does not know (a newer server's), skipped.
+    pub ignored_frames: u64,
 }
 
 impl PeerReport {
@@ -152,10 +169,15 @@ impl PeerReport {
 struct View {
     remote: Vec<RemoteTrack>,
     sent_packets: u64,
+    late_packets: u64,
     published: Vec<String>,
     errors: BTreeMap<String, u64>,
     ended: Option<String>,
     history: VecDeque<String>,
+    ignored_frames: u64,
+    /// SFU mode: who sent each remote track, by its sid (the `a=msid` track id of its line),
+    /// as `(participant, cid)`; set before the offer bringing it is applied.
+    senders: HashMap<String, (String, String)>,
 }
 
 struct RemoteTrack {
@@ -208,6 +230,8 @@ impl Drop for MeetingPeer {
 
 enum Inbound {
     Frame(ServerFrame),
+    /// A frame this peer does not know (a newer server's): skipped.
+    Unknown,
     /// A WebSocket ping's payload.
     Ping(Vec<u8>),
     Closed(String),
@@ -228,8 +252,8 @@ impl MeetingPeer {
             room: config.room.clone(),
             space: config.space.clone(),
         };
-        // This peer speaks the mesh mode: a meeting it creates is one, and it refuses others.
-        let mut join = json!({"type": "meeting.join", "mode": "mesh"});
+        // A meeting this join creates gets the peer's mode; one in another mode is refused.
+        let mut join = json!({"type": "meeting.join", "mode": config.mode});
         if let Some(name) = &config.name {
             join["name"] = json!(name);
         }
@@ -257,6 +281,7 @@ impl MeetingPeer {
                         out.writer.flush().await?;
                     }
                     Some(Inbound::Frame(frame)) if early.len() < FRAME_QUEUE => early.push(frame),
+                    Some(Inbound::Unknown) => {}
                     Some(Inbound::Frame(_)) => bail!("too many frames before the join reply"),
                     Some(Inbound::Closed(reason)) => bail!("the server closed: {reason}"),
                     None => bail!("the connection's reader stopped"),
@@ -268,13 +293,18 @@ impl MeetingPeer {
             Ok(result) => result,
             Err(_) => Err(anyhow!("no join reply within {JOIN_TIMEOUT:?}")),
         };
-        let result = result.and_then(|r| match r.get("mode").and_then(Value::as_str) {
-            None | Some("mesh") => Ok(r),
-            Some(mode) => bail!("the meeting carries media in {mode} mode; this peer speaks mesh"),
-        });
-        let reply: JoinReply = match result
-            .and_then(|r| serde_json::from_value(r).context("the join reply does not parse"))
-        {
+        let mode = config.mode;
+        let reply = result
+            .and_then(|r| {
+                serde_json::from_value::<JoinReply>(r).context("the join reply does not parse")
+            })
+            .and_then(|reply| match reply.mode {
+                got if got == mode => Ok(reply),
+                got => {
+                    bail!("the meeting carries media in {got:?} mode; this peer speaks {mode:?}")
+                }
+            });
+        let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
                 reader.abort();
@@ -319,6 +349,7 @@ impl MeetingPeer {
             events_tx,
             participants: HashMap::new(),
             peers: HashMap::new(),
+            sfu: None,
             generation: 0,
             local,
             publishing: HashMap::new(),
@@ -372,9 +403,11 @@ impl MeetingPeer {
                 })
                 .collect(),
             sent_packets: view.sent_packets,
+            late_packets: view.late_packets,
             errors: view.errors.clone(),
             ended: view.ended.clone(),
             history: view.history.iter().cloned().collect(),
+            ignored_frames: view.ignored_frames,
         }
     }
 
@@ -413,7 +446,7 @@ async fn read_frames(mut reader: Reader, frames: mpsc::Sender<Inbound>) {
         let pings = reader.take_pings().into_iter().map(Inbound::Ping);
         let decoded = batch.iter().map(|bytes| match scan::decode(bytes) {
             Some(frame) => Inbound::Frame(frame),
-            None => Inbound::Closed("the server sent a frame that does not decode".into()),
+            None => Inbound::Unknown,
         });
         for inbound in pings.chain(decoded) {
             if frames.send(inbound).await.is_err() {
@@ -493,16 +526,36 @@ impl LocalTrack {
     }
 }
 
-/// The connection with one other participant.
-struct Remote {
+/// One peer connection (with another participant, or with the server) and what it sends.
+struct Link {
     pc: Arc<dyn PeerConnection>,
-    /// Which connection this is: events of a closed one (same sid) are dropped.
+    /// Which connection this is: events of a closed one are dropped.
     generation: u64,
-    negotiation: Negotiation,
     senders: Vec<LocalSender>,
     connected: bool,
     /// The sending task, and how to tell it the senders changed or were renegotiated.
     pump: Option<(JoinHandle<()>, watch::Sender<Vec<LocalSender>>)>,
+}
+
+impl Link {
+    async fn close(self) {
+        if let Some((pump, _)) = self.pump {
+            pump.abort();
+        }
+        let _ = self.pc.close().await;
+    }
+}
+
+/// The connection with one other participant (mesh).
+struct Remote {
+    link: Link,
+    negotiation: Negotiation,
+}
+
+/// The connection with the server (SFU mode).
+struct Sfu {
+    link: Link,
+    negotiation: SfuNegotiation,
 }
 
 #[derive(Clone)]
@@ -514,7 +567,8 @@ struct LocalSender {
 }
 
 struct PcEvent {
-    sid: String,
+    /// The participant at the other end; `None`: the server (SFU mode).
+    from: Option<String>,
     generation: u64,
     kind: PcEventKind,
 }
@@ -537,7 +591,10 @@ struct Session {
     events_tx: mpsc::Sender<PcEvent>,
     /// The other participants (active or reconnecting), at most the meeting's limit.
     participants: HashMap<String, Participant>,
+    /// Mesh: the connection with each other participant.
     peers: HashMap<String, Remote>,
+    /// SFU mode: the connection with the server.
+    sfu: Option<Sfu>,
     generation: u64,
     local: Vec<LocalTrack>,
     /// `meeting.publish` request id → index in `local`.
@@ -565,6 +622,10 @@ impl Session {
                             self.out.writer.pong(&payload);
                             Ok(true)
                         }
+                        Some(Inbound::Unknown) => {
+                            self.shared.view().ignored_frames += 1;
+                            Ok(true)
+                        }
                         Some(Inbound::Closed(reason)) => Err(anyhow!("the server closed: {reason}")),
                         None => Err(anyhow!("the connection's reader stopped")),
                     },
@@ -588,17 +649,28 @@ impl Session {
         for sid in self.peers.keys().cloned().collect::<Vec<_>>() {
             self.close_peer(&sid).await;
         }
+        if let Some(sfu) = self.sfu.take() {
+            sfu.link.close().await;
+        }
         reader.abort();
         let _ = self.out.writer.flush().await;
         self.out.writer.close().await;
     }
 
-    /// Publish the local tracks and open a connection with each participant already there.
+    /// Publish the local tracks and open a connection with each participant already there
+    /// (mesh) or with the server (SFU mode, before its first offer is read).
     async fn start(
         &mut self,
         participants: Vec<Participant>,
         early: Vec<ServerFrame>,
     ) -> anyhow::Result<()> {
+        if self.config.mode == MeetingMode::Sfu {
+            let link = self.new_link(None).await?;
+            self.sfu = Some(Sfu {
+                link,
+                negotiation: SfuNegotiation::new(&self.sid),
+            });
+        }
         for (i, track) in self.local.iter().enumerate() {
             let (kind, source) = match track.kind {
                 TrackKind::Audio => ("audio", "microphone"),
@@ -650,6 +722,17 @@ impl Session {
                     self.shared.error(format!("apply {kind:?}: {e}"));
                 }
             }
+            ServerFrame::Meeting(MeetingFrame::Offer {
+                space,
+                room,
+                sdp,
+                media,
+            }) if self.ours(&space, &room) => {
+                if let Err(e) = self.on_offer(sdp, media).await {
+                    tracing::debug!("meeting peer: server offer: {e:#}");
+                    self.shared.error(format!("apply the server's offer: {e}"));
+                }
+            }
             ServerFrame::Meeting(MeetingFrame::Left { space, room, .. })
                 if self.ours(&space, &room) =>
             {
@@ -682,7 +765,8 @@ impl Session {
         Ok(true)
     }
 
-    /// The server accepted local track `i`: send it to every peer.
+    /// The server accepted local track `i`: send it to every peer, or (SFU mode) give it a
+    /// transceiver that the server's next offer's line for it takes.
     async fn published(&mut self, i: usize, result: &Value) -> anyhow::Result<()> {
         let cid = result["track"]["cid"].as_str().unwrap_or_default();
         if cid != self.local[i].cid {
@@ -690,10 +774,33 @@ impl Session {
         }
         self.local[i].published = true;
         self.shared.view().published.push(cid.to_string());
+        if let Some(sfu) = &mut self.sfu {
+            let track = result["track"]["sid"]
+                .as_str()
+                .context("meeting.publish answered without the track's sid")?;
+            sfu.negotiation.published(track, cid);
+            // Sending only: an offer's `recvonly` line of this kind takes a `sendonly`
+            // transceiver that has no mid yet before it makes one of its own.
+            let sender = add_local(&sfu.link, &self.local[i], Direction::Sendonly).await;
+            match sender {
+                Ok(sender) => sfu.link.senders.push(sender),
+                Err(e) => self.shared.error(format!("add track: {e}")),
+            }
+            return Ok(());
+        }
+        let direction = if self.grants.subscribe {
+            Direction::Sendrecv
+        } else {
+            Direction::Sendonly
+        };
         for sid in self.peers.keys().cloned().collect::<Vec<_>>() {
-            if let Err(e) = self.add_local(&sid, i).await {
-                self.shared.error(format!("add track: {e}"));
-                continue;
+            let peer = self.peers.get_mut(&sid).context("listed above")?;
+            match add_local(&peer.link, &self.local[i], direction).await {
+                Ok(sender) => peer.link.senders.push(sender),
+                Err(e) => {
+                    self.shared.error(format!("add track: {e}"));
+                    continue;
+                }
             }
             if let Err(e) = self.negotiate(&sid).await {
                 self.shared.error(format!("offer: {e}"));
@@ -722,7 +829,7 @@ impl Session {
         }
         let active = p.state == ParticipantState::Active;
         self.participants.insert(sid.clone(), p);
-        if active && !self.peers.contains_key(&sid) {
+        if active && self.sfu.is_none() && !self.peers.contains_key(&sid) {
             self.open_peer(&sid).await;
         }
     }
@@ -734,14 +841,15 @@ impl Session {
         }
     }
 
-    async fn try_open_peer(&mut self, sid: &str) -> anyhow::Result<()> {
+    /// A new peer connection with participant `to` (`None`: the server).
+    async fn new_link(&mut self, to: Option<&str>) -> anyhow::Result<Link> {
         self.generation += 1;
         let mut media = MediaEngine::default();
         media.register_codec(codec(TrackKind::Video), RtpCodecKind::Video)?;
         media.register_codec(codec(TrackKind::Audio), RtpCodecKind::Audio)?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let handler = Arc::new(Handler {
-            sid: sid.to_string(),
+            from: to.map(str::to_string),
             generation: self.generation,
             events: self.events_tx.clone(),
             shared: self.shared.clone(),
@@ -768,24 +876,35 @@ impl Session {
             .with_udp_addrs(vec![SocketAddr::new(self.config.bind, 0)])
             .build()
             .await?;
+        Ok(Link {
+            pc: Arc::new(pc),
+            generation: self.generation,
+            senders: Vec::new(),
+            connected: false,
+            pump: None,
+        })
+    }
+
+    async fn try_open_peer(&mut self, sid: &str) -> anyhow::Result<()> {
+        let mut link = self.new_link(Some(sid)).await?;
+        let direction = if self.grants.subscribe {
+            Direction::Sendrecv
+        } else {
+            Direction::Sendonly
+        };
+        let published: Vec<&LocalTrack> = self.local.iter().filter(|t| t.published).collect();
+        for local in &published {
+            link.senders.push(add_local(&link, local, direction).await?);
+        }
+        let negotiate = !published.is_empty();
         self.peers.insert(
             sid.to_string(),
             Remote {
-                pc: Arc::new(pc),
-                generation: self.generation,
+                link,
                 negotiation: Negotiation::new(&self.sid, sid),
-                senders: Vec::new(),
-                connected: false,
-                pump: None,
             },
         );
-        let published: Vec<usize> = (0..self.local.len())
-            .filter(|&i| self.local[i].published)
-            .collect();
-        for &i in &published {
-            self.add_local(sid, i).await?;
-        }
-        if !published.is_empty() {
+        if negotiate {
             self.negotiate(sid).await?;
         }
         Ok(())
@@ -793,64 +912,8 @@ impl Session {
 
     async fn close_peer(&mut self, sid: &str) {
         if let Some(peer) = self.peers.remove(sid) {
-            if let Some((pump, _)) = peer.pump {
-                pump.abort();
-            }
-            let _ = peer.pc.close().await;
+            peer.link.close().await;
         }
-    }
-
-    /// Give local track `i` a transceiver of its own on the connection with `sid`.
-    async fn add_local(&mut self, sid: &str, i: usize) -> anyhow::Result<()> {
-        let local = &self.local[i];
-        let peer = self.peers.get_mut(sid).context("no such peer")?;
-        let kind = match local.kind {
-            TrackKind::Audio => RtpCodecKind::Audio,
-            TrackKind::Video => RtpCodecKind::Video,
-        };
-        let mut ssrc = [0u8; 4];
-        getrandom::fill(&mut ssrc)?;
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            local.stream.clone(),
-            local.cid.clone(),
-            local.cid.clone(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(u32::from_be_bytes(ssrc)),
-                    ..Default::default()
-                },
-                codec: codec(local.kind).rtp_codec,
-                ..Default::default()
-            }],
-        )));
-        let direction = if self.grants.subscribe {
-            Direction::Sendrecv
-        } else {
-            Direction::Sendonly
-        };
-        let transceiver = peer
-            .pc
-            .add_transceiver_from_track(
-                track.clone() as Arc<dyn TrackLocal>,
-                Some(RTCRtpTransceiverInit {
-                    direction,
-                    streams: vec![local.stream.clone()],
-                    send_encodings: Vec::new(),
-                }),
-            )
-            .await?;
-        let sender = transceiver
-            .sender()
-            .await?
-            .context("a transceiver made from a track has a sender")?;
-        peer.senders.push(LocalSender {
-            video: local.kind == TrackKind::Video,
-            track,
-            transceiver,
-            sender,
-        });
-        Ok(())
     }
 
     /// Our side changed: offer now, or once the exchange under way is over.
@@ -864,12 +927,13 @@ impl Session {
 
     async fn offer(&mut self, sid: &str) -> anyhow::Result<()> {
         let peer = self.peers.get_mut(sid).context("no such peer")?;
-        fit_directions(peer.pc.as_ref(), &self.grants).await?;
-        let offer = peer.pc.create_offer(None).await?;
-        peer.pc.set_local_description(offer).await?;
+        let pc = peer.link.pc.as_ref();
+        fit_directions(pc, &self.grants).await?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
         peer.negotiation.local_offer_set();
         self.shared.step(format!("offer to {sid}"));
-        let sdp = local_sdp(peer.pc.as_ref()).await?;
+        let sdp = local_sdp(pc).await?;
         self.out.signal(sid, SignalKind::Offer, Some(sdp), None)
     }
 
@@ -898,47 +962,95 @@ impl Session {
         let OnDescription::Apply { rollback } = decision else {
             return Ok(());
         };
+        let pc = peer.link.pc.clone();
         if rollback {
-            peer.pc
-                .set_local_description(RTCSessionDescription::rollback(None)?)
+            pc.set_local_description(RTCSessionDescription::rollback(None)?)
                 .await?;
         }
         let description = match kind {
             SignalKind::Offer => RTCSessionDescription::offer(sdp)?,
             _ => RTCSessionDescription::answer(sdp)?,
         };
-        peer.pc.set_remote_description(description).await?;
+        pc.set_remote_description(description).await?;
         for c in peer.negotiation.remote_set(kind) {
             add_candidate(peer, c).await?;
         }
         if kind == SignalKind::Offer {
-            fit_directions(peer.pc.as_ref(), &self.grants).await?;
-            let answer = peer.pc.create_answer(None).await?;
-            peer.pc.set_local_description(answer).await?;
+            let sdp = answer(pc.as_ref(), &self.grants).await?;
             peer.negotiation.local_answer_set();
             self.shared.step(format!("answer to {from}"));
-            let sdp = local_sdp(peer.pc.as_ref()).await?;
             self.out.signal(from, SignalKind::Answer, Some(sdp), None)?;
         }
         // An exchange is over: what each local track may send is settled for now.
-        refresh_pump(peer, &self.config, &self.shared);
-        let peer = self.peers.get_mut(from).context("no such peer")?;
+        refresh_pump(&mut peer.link, &self.config, &self.shared);
         if peer.negotiation.take_wanted_offer() {
             self.offer(from).await?;
         }
         Ok(())
     }
 
+    /// SFU mode: apply the server's offer and answer it. The senders of the tracks it brings
+    /// are named first (their packets may come as soon as it is applied); the lines it has for
+    /// our own tracks must have taken their transceivers, which is checked by mid.
+    async fn on_offer(&mut self, sdp: String, media: Vec<MediaLine>) -> anyhow::Result<()> {
+        let sfu = self.sfu.as_mut().context("an offer outside SFU mode")?;
+        let plan = sfu.negotiation.offer(media);
+        {
+            let mut view = self.shared.view();
+            for line in &plan.receive {
+                // The cid the sender published, when the participant list has it.
+                let cid = (self.participants.get(&line.participant))
+                    .and_then(|p| p.tracks.iter().find(|t| t.sid == line.track))
+                    .map_or_else(|| line.track.clone(), |t| t.cid.clone());
+                view.senders
+                    .insert(line.track.clone(), (line.participant.clone(), cid));
+            }
+        }
+        let pc = sfu.link.pc.clone();
+        pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+            .await?;
+        for (mid, cid) in &plan.send {
+            let mut taken = false;
+            for sender in &sfu.link.senders {
+                if sender.track.track_id().await == *cid
+                    && sender.transceiver.mid().await?.as_deref() == Some(mid.as_str())
+                {
+                    taken = true;
+                }
+            }
+            if taken {
+                sfu.negotiation.sending(mid);
+            } else {
+                self.shared.error(format!(
+                    "the server's line {mid} for {cid} took no local track"
+                ));
+            }
+        }
+        let sdp = answer(pc.as_ref(), &self.grants).await?;
+        self.shared.step(format!(
+            "server offer: {} to send, {} new to receive; answered",
+            plan.send.len(),
+            plan.receive.len()
+        ));
+        self.out
+            .request(json!({"type": "meeting.answer", "sdp": sdp}))?;
+        refresh_pump(&mut sfu.link, &self.config, &self.shared);
+        Ok(())
+    }
+
     async fn on_event(&mut self, event: PcEvent) -> anyhow::Result<()> {
-        let Some(peer) = self
-            .peers
-            .get_mut(&event.sid)
-            .filter(|p| p.generation == event.generation)
-        else {
+        let link = match &event.from {
+            Some(sid) => self.peers.get_mut(sid).map(|p| &mut p.link),
+            None => self.sfu.as_mut().map(|s| &mut s.link),
+        };
+        let Some(link) = link.filter(|l| l.generation == event.generation) else {
             return Ok(());
         };
-        match event.kind {
-            PcEventKind::Candidate(init) => {
+        match (event.kind, &event.from) {
+            // The server is ICE-lite: it learns our address from our checks, and takes no
+            // candidates (`meeting.signal` is refused in SFU mode).
+            (PcEventKind::Candidate(_) | PcEventKind::GatheringComplete, None) => {}
+            (PcEventKind::Candidate(init), Some(to)) => {
                 let candidate = Candidate {
                     candidate: init.candidate,
                     sdp_mid: init.sdp_mid,
@@ -946,18 +1058,18 @@ impl Session {
                     username_fragment: init.username_fragment,
                 };
                 self.out
-                    .signal(&event.sid, SignalKind::Candidate, None, Some(candidate))?;
+                    .signal(to, SignalKind::Candidate, None, Some(candidate))?;
             }
-            PcEventKind::GatheringComplete => {
-                self.out
-                    .signal(&event.sid, SignalKind::Candidate, None, None)?;
+            (PcEventKind::GatheringComplete, Some(to)) => {
+                self.out.signal(to, SignalKind::Candidate, None, None)?;
             }
-            PcEventKind::State(state) => {
-                self.shared.step(format!("{} with {}", state, event.sid));
+            (PcEventKind::State(state), from) => {
+                let with = from.as_deref().unwrap_or("the server");
+                self.shared.step(format!("{state} with {with}"));
                 let connected = state == RTCPeerConnectionState::Connected;
-                if connected && !peer.connected {
-                    peer.connected = true;
-                    refresh_pump(peer, &self.config, &self.shared);
+                if connected && !link.connected {
+                    link.connected = true;
+                    refresh_pump(link, &self.config, &self.shared);
                 } else if state == RTCPeerConnectionState::Failed {
                     self.shared.error("peer connection failed");
                 }
@@ -1014,6 +1126,63 @@ async fn fit_directions(pc: &dyn PeerConnection, grants: &Grants) -> anyhow::Res
     Ok(())
 }
 
+/// Answer the remote offer just set, with directions fitted to the grants; returns its SDP.
+async fn answer(pc: &dyn PeerConnection, grants: &Grants) -> anyhow::Result<String> {
+    fit_directions(pc, grants).await?;
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer).await?;
+    local_sdp(pc).await
+}
+
+/// Give `local` a transceiver of its own on `link`, sending its own RTP stream.
+async fn add_local(
+    link: &Link,
+    local: &LocalTrack,
+    direction: Direction,
+) -> anyhow::Result<LocalSender> {
+    let kind = match local.kind {
+        TrackKind::Audio => RtpCodecKind::Audio,
+        TrackKind::Video => RtpCodecKind::Video,
+    };
+    let mut ssrc = [0u8; 4];
+    getrandom::fill(&mut ssrc)?;
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        local.stream.clone(),
+        local.cid.clone(),
+        local.cid.clone(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(u32::from_be_bytes(ssrc)),
+                ..Default::default()
+            },
+            codec: codec(local.kind).rtp_codec,
+            ..Default::default()
+        }],
+    )));
+    let transceiver = link
+        .pc
+        .add_transceiver_from_track(
+            track.clone() as Arc<dyn TrackLocal>,
+            Some(RTCRtpTransceiverInit {
+                direction,
+                streams: vec![local.stream.clone()],
+                send_encodings: Vec::new(),
+            }),
+        )
+        .await?;
+    let sender = transceiver
+        .sender()
+        .await?
+        .context("a transceiver made from a track has a sender")?;
+    Ok(LocalSender {
+        video: local.kind == TrackKind::Video,
+        track,
+        transceiver,
+        sender,
+    })
+}
+
 async fn local_sdp(pc: &dyn PeerConnection) -> anyhow::Result<String> {
     Ok(pc
         .local_description()
@@ -1030,31 +1199,31 @@ async fn add_candidate(peer: &Remote, c: Candidate) -> anyhow::Result<()> {
         username_fragment: c.username_fragment,
         ..Default::default()
     };
-    match peer.pc.add_ice_candidate(init).await {
+    match peer.link.pc.add_ice_candidate(init).await {
         // Candidates of an offer we ignored may not apply.
         Err(_) if peer.negotiation.ignoring_offer() => Ok(()),
         result => Ok(result?),
     }
 }
 
-/// Tell the sending task of `peer` (started once connected) to look at its senders again.
-fn refresh_pump(peer: &mut Remote, config: &PeerConfig, shared: &Arc<Shared>) {
-    if !peer.connected {
+/// Tell the sending task of `link` (started once connected) to look at its senders again.
+fn refresh_pump(link: &mut Link, config: &PeerConfig, shared: &Arc<Shared>) {
+    if !link.connected {
         return;
     }
-    match &peer.pump {
+    match &link.pump {
         Some((_, senders)) => {
-            senders.send_replace(peer.senders.clone());
+            senders.send_replace(link.senders.clone());
         }
         None => {
-            let (tx, rx) = watch::channel(peer.senders.clone());
+            let (tx, rx) = watch::channel(link.senders.clone());
             let task = tokio::spawn(pump(
                 rx,
                 config.packet_rate,
                 config.video_bytes,
                 shared.clone(),
             ));
-            peer.pump = Some((task, tx));
+            link.pump = Some((task, tx));
         }
     }
 }
@@ -1077,6 +1246,8 @@ async fn pump(
     let mut streams: Vec<Stream> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // A late tick is made up by the packets the pacer says are due.
+    let mut pacer = Pacer::new(rate);
     let mut changed = true;
     loop {
         if changed {
@@ -1096,7 +1267,10 @@ async fn pump(
             continue;
         }
         let mut sent = 0;
-        for stream in &mut streams {
+        let due = pacer.poll(Instant::now());
+        let count = streams.len();
+        for stream in (0..due.send).flat_map(|_| 0..count) {
+            let stream = &mut streams[stream];
             let Some(header) = &stream.header else {
                 continue;
             };
@@ -1123,7 +1297,9 @@ async fn pump(
                 }
             }
         }
-        shared.view().sent_packets += sent;
+        let mut view = shared.view();
+        view.sent_packets += sent;
+        view.late_packets += due.skipped * count as u64;
     }
 }
 
@@ -1195,7 +1371,8 @@ async fn header_of(s: &LocalSender) -> anyhow::Result<rtp::header::Header> {
 /// Peer connection callbacks: forwarded to the loop (never blocking the connection's driver)
 /// or, for a remote track, handed to a reader task.
 struct Handler {
-    sid: String,
+    /// The participant at the other end; `None`: the server (SFU mode).
+    from: Option<String>,
     generation: u64,
     events: mpsc::Sender<PcEvent>,
     shared: Arc<Shared>,
@@ -1205,7 +1382,7 @@ struct Handler {
 impl Handler {
     fn emit(&self, kind: PcEventKind) {
         let event = PcEvent {
-            sid: self.sid.clone(),
+            from: self.from.clone(),
             generation: self.generation,
             kind,
         };
@@ -1237,7 +1414,7 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         tokio::spawn(receive(
             track,
-            self.sid.clone(),
+            self.from.clone(),
             self.shared.clone(),
             self.joined_at,
         ));
@@ -1245,13 +1422,15 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// Count one remote track's packets until it ends; ask for keyframes as `TrackCounter` says.
+/// `from` is the participant at the other end of the connection; `None` (SFU mode): the server,
+/// and the track's sender is named by the offer's media list.
 async fn receive(
     track: Arc<dyn TrackRemote>,
-    participant: String,
+    from: Option<String>,
     shared: Arc<Shared>,
     joined_at: Instant,
 ) {
-    let cid = track.track_id().await;
+    let id = track.track_id().await;
     let video = track.kind().await == RtpCodecKind::Video;
     let index = {
         let mut view = shared.view();
@@ -1260,6 +1439,15 @@ async fn receive(
             shared.error("too many remote tracks");
             return;
         }
+        let named = match from {
+            Some(participant) => Some((participant, id)),
+            None => view.senders.get(&id).cloned(),
+        };
+        let Some((participant, cid)) = named else {
+            drop(view);
+            shared.error("a remote track no offer named");
+            return;
+        };
         view.remote.push(RemoteTrack {
             participant,
             cid,

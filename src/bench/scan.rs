@@ -11,10 +11,14 @@
 //! The stamp a bench publisher puts in `data` (JSON shown; MessagePack is the same map):
 //!
 //! ```text
-//! {"k":<phase>,"pub":<publisher>,"seq":<n>,"t":<ns since the run's start>,"x":"xxxx…"}
+//! {"s":"<32 hex digits>","x":"xxxx…"}
 //! ```
 //!
-//! `x` pads the message to the requested size and comes last, so the scanner never walks it.
+//! `s` packs the stamp into 128 bits, written as fixed-width lowercase hex so it sits at a known
+//! place and reads without parsing numbers (8 digits at a time, see `hex8`): the phase (16
+//! bits), the publisher (16), its sequence number (48) and the send time in nanoseconds (48, a
+//! run of 78 hours). `x` pads the message to the requested size and comes last, so the scanner
+//! never walks it.
 //!
 //! With `--target nats` the "frames" are NATS protocol units (`nats::Splitter`): a `MSG` line
 //! and its payload (the same JSON stamp), or a control line; `scan` hands them to `nats::scan`.
@@ -22,20 +26,98 @@
 use crate::protocol::{Encoding, ServerFrame};
 use serde::Deserialize;
 
-/// What a bench publisher writes into every message, and subscribers read back.
+/// What a bench publisher writes into every message, and subscribers read back. Each field
+/// must fit its width in the packed form (see the module's notes); `pack` keeps the low bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Packed")]
 pub struct Stamp {
-    /// The run phase (warm-up or measured step) the message belongs to.
-    #[serde(rename = "k")]
+    /// The run phase (warm-up or measured step) the message belongs to: below 2^16.
     pub phase: u32,
-    /// Index of the publishing connection.
-    #[serde(rename = "pub")]
+    /// Index of the publishing connection: below 2^16.
     pub publisher: u32,
-    /// The publisher's sequence number, from 0, continuous over the whole run.
+    /// The publisher's sequence number, from 0, continuous over the whole run: below 2^48.
     pub seq: u64,
-    /// Send time in nanoseconds since the run's shared start `Instant`.
-    #[serde(rename = "t")]
+    /// Send time in nanoseconds since the run's shared start `Instant`: below 2^48.
     pub t_ns: u64,
+}
+
+/// Hex digits of a packed stamp.
+pub const STAMP_HEX: usize = 32;
+const LOW48: u64 = (1 << 48) - 1;
+
+impl Stamp {
+    /// The 32 hex digits of `s`.
+    pub fn pack(&self) -> [u8; STAMP_HEX] {
+        debug_assert!(self.phase <= 0xffff && self.publisher <= 0xffff);
+        debug_assert!(self.seq <= LOW48 && self.t_ns <= LOW48);
+        let v = (u128::from(self.phase & 0xffff) << 112)
+            | (u128::from(self.publisher & 0xffff) << 96)
+            | (u128::from(self.seq & LOW48) << 48)
+            | u128::from(self.t_ns & LOW48);
+        let mut out = [0u8; STAMP_HEX];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = b"0123456789abcdef"[(v >> (124 - 4 * i)) as usize & 0xf];
+        }
+        out
+    }
+
+    /// Read the 32 hex digits of `s`; `None` unless all are lowercase hex.
+    #[inline]
+    pub fn unpack(hex: &[u8]) -> Option<Stamp> {
+        let hex: &[u8; STAMP_HEX] = hex.try_into().ok()?;
+        let [a, b, c, d] = hex.as_chunks::<8>().0 else {
+            unreachable!("32 bytes are four chunks of 8")
+        };
+        let (a, b, c, d) = (hex8(*a), hex8(*b), hex8(*c), hex8(*d));
+        if a.1 | b.1 | c.1 | d.1 != 0 {
+            return None;
+        }
+        let high = (u64::from(a.0) << 32) | u64::from(b.0);
+        let low = (u64::from(c.0) << 32) | u64::from(d.0);
+        Some(Stamp {
+            phase: (high >> 48) as u32,
+            publisher: (high >> 32) as u32 & 0xffff,
+            seq: ((high & 0xffff_ffff) << 16) | (low >> 48),
+            t_ns: low & LOW48,
+        })
+    }
+}
+
+/// A stamp as it appears in `data`, for the full decode.
+#[derive(Deserialize)]
+struct Packed {
+    s: String,
+}
+
+impl TryFrom<Packed> for Stamp {
+    type Error = &'static str;
+    fn try_from(p: Packed) -> Result<Stamp, Self::Error> {
+        Stamp::unpack(p.s.as_bytes()).ok_or("`s` is not 32 lowercase hex digits")
+    }
+}
+
+/// Eight lowercase hex digits, most significant first, read at once as the bytes of one `u64`:
+/// their value, and a mask that is not zero when some byte is not a lowercase hex digit (the
+/// value is then meaningless). Callers check the masks of several chunks at once.
+#[inline]
+fn hex8(digits: [u8; 8]) -> (u32, u64) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    let v = u64::from_be_bytes(digits);
+    // With every byte below 0x80, adding at most 0x7f to each never carries into the next: a
+    // byte's high bit then tells whether it was at least (or above) a bound. A byte at 0x80
+    // or above is refused by the mask whatever the sums do.
+    let at_least = |lo: u8| v.wrapping_add(ONES * u64::from(0x80 - lo));
+    let above = |hi: u8| v.wrapping_add(ONES * u64::from(0x7f - hi));
+    let digit = at_least(b'0') & !above(b'9');
+    let letter = at_least(b'a') & !above(b'f');
+    let invalid = (v | !(digit | letter)) & HIGH;
+    // '0'..='9' are 0x30..=0x39, 'a'..='f' 0x61..=0x66: the low nibble, plus 9 for letters
+    // (bit 6 set).
+    let nibbles = (v & (ONES * 0x0f)) + ((v >> 6) & ONES) * 9;
+    let pairs = ((nibbles >> 4) | nibbles) & 0x00ff_00ff_00ff_00ff;
+    let quads = ((pairs >> 8) | pairs) & 0x0000_ffff_0000_ffff;
+    (((quads >> 16) | quads) as u32, invalid)
 }
 
 /// One server frame, as far as a load test cares.
@@ -288,20 +370,14 @@ fn scan_json(frame: &[u8]) -> Option<Scanned> {
 }
 
 fn json_stamp(c: &mut Cursor) -> Option<Stamp> {
-    c.expect(br#"{"k":"#)?;
-    let phase = u32::try_from(c.json_uint()?).ok()?;
-    c.expect(br#","pub":"#)?;
-    let publisher = u32::try_from(c.json_uint()?).ok()?;
-    c.expect(br#","seq":"#)?;
-    let seq = c.json_uint()?;
-    c.expect(br#","t":"#)?;
-    let t_ns = c.json_uint()?;
-    matches!(c.byte()?, b',' | b'}').then_some(Stamp {
-        phase,
-        publisher,
-        seq,
-        t_ns,
-    })
+    const KEY: &[u8; 6] = br#"{"s":""#;
+    // The key, the digits and the closing quote with what follows it, checked at once.
+    let b = c.take(KEY.len() + STAMP_HEX + 2)?;
+    if b[..KEY.len()] != KEY[..] || b[KEY.len() + STAMP_HEX] != b'"' {
+        return None;
+    }
+    let stamp = Stamp::unpack(&b[KEY.len()..KEY.len() + STAMP_HEX])?;
+    matches!(b[KEY.len() + STAMP_HEX + 1], b',' | b'}').then_some(stamp)
 }
 
 fn scan_msgpack(frame: &[u8]) -> Option<Scanned> {
@@ -335,46 +411,29 @@ fn scan_msgpack(frame: &[u8]) -> Option<Scanned> {
 }
 
 fn mp_stamp(c: &mut Cursor) -> Option<Stamp> {
-    let fields = c.mp_map_len()?;
-    if fields < 4 {
+    if c.mp_map_len()? == 0 || c.mp_str()? != b"s" {
         return None;
     }
-    let mut next = |key: &[u8]| (c.mp_str()? == key).then_some(()).and_then(|_| c.mp_uint());
-    Some(Stamp {
-        phase: u32::try_from(next(b"k")?).ok()?,
-        publisher: u32::try_from(next(b"pub")?).ok()?,
-        seq: next(b"seq")?,
-        t_ns: next(b"t")?,
-    })
+    Stamp::unpack(c.mp_str()?)
 }
 
 /// Append the `data` of a bench message: the stamp, padded with `x` so that `data` is exactly
 /// `size` bytes in `encoding` (or as small as it gets, when `size` is smaller than the stamp).
 pub fn write_stamp(out: &mut Vec<u8>, encoding: Encoding, stamp: Stamp, size: usize) {
-    use std::io::Write;
     let start = out.len();
     match encoding {
         Encoding::Json => {
-            let _ = write!(
-                out,
-                r#"{{"k":{},"pub":{},"seq":{},"t":{},"x":""#,
-                stamp.phase, stamp.publisher, stamp.seq, stamp.t_ns
-            );
+            out.extend_from_slice(br#"{"s":""#);
+            out.extend_from_slice(&stamp.pack());
+            out.extend_from_slice(br#"","x":""#);
             let pad = size.saturating_sub(out.len() - start + 2);
             out.resize(out.len() + pad, b'x');
             out.extend_from_slice(b"\"}");
         }
         Encoding::Msgpack => {
-            out.push(0x85);
-            for (key, value) in [
-                (&b"k"[..], u64::from(stamp.phase)),
-                (b"pub", u64::from(stamp.publisher)),
-                (b"seq", stamp.seq),
-                (b"t", stamp.t_ns),
-            ] {
-                mp_write_str(out, key);
-                mp_write_uint(out, value);
-            }
+            out.push(0x82);
+            mp_write_str(out, b"s");
+            mp_write_str(out, &stamp.pack());
             mp_write_str(out, b"x");
             // The pad string's header grows with it: 1 byte up to 31, 2 up to 255, 3 up to
             // 65,535, else 5.
@@ -544,19 +603,61 @@ mod tests {
             );
         }
         // Same fields, another order and spacing: the slow path reads it.
-        let frame = br#"{ "data": {"t": 5, "seq": 2, "pub": 1, "k": 0}, "offset": 8, "type": "message", "channel": "topic:s/t"}"#;
+        let hex = String::from_utf8(stamp().pack().to_vec()).unwrap();
+        let frame = format!(
+            r#"{{ "data": {{"x": "", "s": "{hex}"}}, "offset": 8, "type": "message", "channel": "topic:s/t"}}"#
+        );
         assert_eq!(
-            scan(frame),
+            scan(frame.as_bytes()),
             Scanned::Message {
                 offset: Some(8),
-                stamp: Some(Stamp {
-                    phase: 0,
-                    publisher: 1,
-                    seq: 2,
-                    t_ns: 5
-                })
+                stamp: Some(stamp())
             }
         );
+        // A stamp that is not 32 lowercase hex digits is no stamp.
+        for bad in [
+            hex.to_uppercase(),
+            hex[1..].to_string(),
+            hex.replace('3', "g"),
+        ] {
+            let data = json!({"s": bad, "x": ""});
+            let frame = encode_message("topic:s/t", 8, &data, Encoding::Json);
+            assert_eq!(
+                scan(&frame),
+                Scanned::Message {
+                    offset: Some(8),
+                    stamp: None
+                },
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn packed_stamps_round_trip_and_only_lowercase_hex_reads() {
+        let extremes = Stamp {
+            phase: 0xffff,
+            publisher: 0,
+            seq: LOW48,
+            t_ns: 1,
+        };
+        for s in [stamp(), extremes] {
+            assert_eq!(Stamp::unpack(&s.pack()), Some(s));
+        }
+        // Every byte value at every place of eight digits, against the standard parser.
+        let digits = *b"0f9a3c7e";
+        for at in 0..8 {
+            for byte in 0..=255u8 {
+                let mut d = digits;
+                d[at] = byte;
+                let want = std::str::from_utf8(&d)
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                    .map(|t| u32::from_str_radix(t, 16).unwrap());
+                let (value, invalid) = hex8(d);
+                assert_eq!((invalid == 0).then_some(value), want, "{d:?}");
+            }
+        }
     }
 
     #[test]

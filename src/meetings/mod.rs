@@ -4,7 +4,8 @@
 //! The first join spawns the meeting's task; the task ends when its last participant is gone
 //! (left, or its grace period over), leaving the registry first, so a join racing with the
 //! end finds its command dropped unanswered and joins a new task. Connections reach the task
-//! only through `session::OpenMeetings`, which checks access before a join.
+//! only through `session::OpenMeetings`, which checks access before a join (WHIP/WHEP
+//! sessions, joined without a connection, through `whip`, with the same check).
 //!
 //! The task is the only writer of its meeting's frames: it queues each request's reply into
 //! the requester's outbox itself, then the frames the request caused, so a join reply always
@@ -17,6 +18,7 @@
 //! transmits. Nothing else touches the room, so the packet path takes no lock.
 
 pub mod session;
+pub mod whip;
 
 use crate::hub::Outbox;
 use crate::metrics::Metrics;
@@ -78,6 +80,8 @@ pub(crate) enum Command {
     Disconnect { conn: ConnId },
     /// The connection's user lost access to the room.
     Revoke { conn: ConnId },
+    /// A WHIP/WHEP session's request.
+    Whip(whip::Command),
 }
 
 /// The live meetings, shared by every connection.
@@ -185,6 +189,8 @@ struct MeetingTask {
     mode: MeetingMode,
     /// SFU mode: the router, this room's queue, and the room's counters already reported.
     media: Option<Media>,
+    /// WHIP/WHEP sessions (participants without a connection).
+    whip: whip::Clients,
 }
 
 struct Media {
@@ -214,6 +220,7 @@ impl MeetingTask {
             counted: 0,
             mode,
             media: None,
+            whip: whip::Clients::default(),
         }
     }
 
@@ -280,6 +287,7 @@ impl MeetingTask {
                 }
                 _ = self.inner.shutdown.cancelled() => break,
             }
+            self.expire_clients(&mut core);
             self.execute(&mut core);
             if core.is_empty() && self.end(&mut queue) {
                 break;
@@ -356,6 +364,7 @@ impl MeetingTask {
                 self.outboxes.remove(&conn);
             }
             Command::Revoke { conn } => core.revoke(conn),
+            Command::Whip(command) => self.whip(core, command),
         }
     }
 
@@ -373,8 +382,17 @@ impl MeetingTask {
                 kind,
                 source,
                 muted,
+                simulcast,
                 ..
-            } => json!({"track": core.publish(conn, &cid, kind, source, muted)?}),
+            } => {
+                let track = core.publish(conn, &cid, kind, source, muted)?;
+                // Layers are for video (an audio track ignores the flag); the track was
+                // just published, so this does not fail.
+                if simulcast && kind == signaling::wire::TrackKind::Video {
+                    core.simulcast(conn, &track.sid)?;
+                }
+                json!({ "track": track })
+            }
             MeetingRequest::Unpublish { track, .. } => {
                 core.unpublish(conn, &track)?;
                 json!({})
@@ -410,6 +428,15 @@ impl MeetingTask {
             } => {
                 core.data(conn, payload, topic, to)?;
                 metrics.data.inc();
+                json!({})
+            }
+            MeetingRequest::Layout {
+                track,
+                width,
+                height,
+                ..
+            } => {
+                core.layout(conn, &track, width, height)?;
                 json!({})
             }
             MeetingRequest::Leave { reason, .. } => {

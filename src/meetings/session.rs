@@ -239,7 +239,7 @@ async fn default_mode(
 
 /// May `claims` join the meeting of `room` in `space` (creating the room if allowed)? Returns
 /// whether the caller is one of its admins.
-async fn admit(
+pub(super) async fn admit(
     shared: &Shared,
     claims: &Claims,
     space: &str,

@@ -392,6 +392,7 @@ mod tests {
             json!({"type": "meeting.mute", "id": 1, "room": "r", "track": "t", "muted": true}),
             json!({"type": "meeting.remove", "id": 1, "room": "r", "participant": "p"}),
             json!({"type": "meeting.data", "id": 1, "room": "r", "payload": "x"}),
+            json!({"type": "meeting.layout", "id": 1, "room": "r", "track": "t", "width": 640, "height": 360}),
             json!({"type": "meeting.leave", "id": 1, "room": "r"}),
         ]
     }

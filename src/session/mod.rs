@@ -390,7 +390,13 @@ impl Session {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front();
+        if output.is_none() && self.outputs.capacity() > 0 {
+            // Outputs come in short bursts between long idle spells: an idle session keeps no
+            // queue (an `Output` is about 200 bytes; the smallest queue holds four).
+            self.outputs = VecDeque::new();
+        }
+        output
     }
 }
 

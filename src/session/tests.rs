@@ -98,6 +98,8 @@ fn hello_then_requests() {
     );
     h.hello();
     assert_eq!(h.session.claims().unwrap().sub, "alice");
+    // Drained, an idle session keeps no output queue.
+    assert_eq!(h.session.outputs.capacity(), 0);
     let out = h.frame(
         1.0,
         json!({"type": "subscribe", "id": 2, "channel": "topic:s/a"}),

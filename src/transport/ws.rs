@@ -40,6 +40,9 @@ const BIG_FRAME: usize = READ_BUF / 2;
 /// 1,024 slices Linux accepts (`IOV_MAX`). A large batch of small frames then costs few
 /// syscalls; the arrays live on the stack only during the call.
 const WRITE_FRAMES: usize = 512;
+/// Frames per call when no more are queued: the usual case of one or a few frames then fills
+/// arrays of this size, not 24 KiB of them for every write.
+const SMALL_WRITE: usize = 8;
 
 thread_local! {
     static READ: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
@@ -372,20 +375,32 @@ impl WsWriter {
     /// (header and payload slices; payloads are not copied). Pops the frames it wrote; one
     /// written in part becomes the unfinished frame.
     fn try_write(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
+        if usize::from(self.unfinished.is_some()) + frames.len() <= SMALL_WRITE {
+            self.try_write_up_to::<SMALL_WRITE, { 2 * SMALL_WRITE }>(frames)
+        } else {
+            self.try_write_up_to::<WRITE_FRAMES, { 2 * WRITE_FRAMES }>(frames)
+        }
+    }
+
+    /// [`Self::try_write`] of at most `N` frames, through `S` = 2 `N` slices.
+    fn try_write_up_to<const N: usize, const S: usize>(
+        &mut self,
+        frames: &mut VecDeque<Bytes>,
+    ) -> io::Result<()> {
         let opcode_of = self.opcode_of;
         let first = self.unfinished.as_ref();
         let items = first
             .map(|u| (u.opcode, &u.payload))
             .into_iter()
             .chain(frames.iter().map(|f| (opcode_of(f), f)))
-            .take(WRITE_FRAMES);
-        let mut headers = [Header::EMPTY; WRITE_FRAMES];
+            .take(N);
+        let mut headers = [Header::EMPTY; N];
         let mut count = 0;
         for (header, (opcode, payload)) in headers.iter_mut().zip(items.clone()) {
             *header = Header::server(opcode, payload.len());
             count += 1;
         }
-        let mut slices = [IoSlice::new(&[]); 2 * WRITE_FRAMES];
+        let mut slices = [IoSlice::new(&[]); S];
         let mut used = 0;
         let mut skip = first.map_or(0, |u| u.written);
         for (header, (_, payload)) in headers[..count].iter().zip(items) {
@@ -607,6 +622,44 @@ mod tests {
         assert!(rest.is_empty());
         assert_eq!(pongs, 1);
         assert!(got == sent, "frames lost, reordered or damaged");
+    }
+
+    /// An idle connection's memory is mostly its two tasks' futures, allocated whole at their
+    /// largest state for the connection's life: state used only while closing or executing a
+    /// request is boxed. The bounds hold in debug builds, where futures are largest (release:
+    /// about two thirds).
+    #[tokio::test]
+    async fn an_idle_connection_tasks_stay_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            data_dir: dir.path().into(),
+            ..crate::config::Config::default()
+        };
+        let shared = crate::server::shared(config).unwrap();
+        let (reader, writer) = halves(pair().await.0, &[]);
+        let outbox = Arc::new(Outbox::new(1, 1 << 20, shared.metrics.clone()));
+        let metrics = shared.metrics.transport(Transport::Ws).clone();
+        let write = connection::write_loop(Writer(writer), outbox, metrics, shared.clone());
+        let (_, writer) = halves(pair().await.0, &[]);
+        let permit = Permit::acquire(&shared).unwrap();
+        let run = connection::run(
+            shared.clone(),
+            Transport::Ws,
+            Reader(reader),
+            Writer(writer),
+            None,
+            permit,
+        );
+        let (run, write) = (std::mem::size_of_val(&run), std::mem::size_of_val(&write));
+        eprintln!("connection task {run} bytes, writer task {write} bytes");
+        assert!(
+            run <= 2200,
+            "the connection task's future grew to {run} bytes"
+        );
+        assert!(
+            write <= 1024,
+            "the writer task's future grew to {write} bytes"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! `chorus bench` in-process against a real server: the fan-out scenario over both transports,
-//! the connections, presence and yjs scenarios, and the yjs scenario against Hocuspocus.
+//! the connections, presence and yjs scenarios, the yjs scenario against Hocuspocus, and the
+//! meeting scenario through the SFU, and the write floor.
 
 use crate::util::{TestServer, Tr};
 use chorus::bench::{BenchArgs, Report, Scenario};
@@ -104,6 +105,54 @@ async fn fanout_msgpack_ladder() {
         assert_eq!(step.counter("received"), step.counter("published") * 5);
     }
     assert_eq!(report.summary["saturation"]["step"], "300/s");
+}
+
+/// `--slow 1`: a subscriber that never reads is cut as a slow consumer, and the readers'
+/// step still passes with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_with_a_slow_subscriber() {
+    let s = TestServer::with(|c| {
+        c.rate_per_sec = 1_000_000;
+        c.rate_burst = 1_000_000;
+        c.outbox_bytes = 1 << 20;
+    })
+    .await;
+    // 8 MB to each subscriber: far more than a socket's buffers and the 1 MiB queue together.
+    let scenario = args(
+        &s,
+        Tr::Ws,
+        &[
+            "fanout",
+            "-s",
+            "4",
+            "--slow",
+            "1",
+            "-b",
+            "16000",
+            "-r",
+            "500",
+            "-d",
+            "1",
+            "--warmup",
+            "0",
+            "--p99-bound-ms",
+            "5000",
+        ],
+    );
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let step = &report.steps[0];
+    assert!(step.pass, "{}", report.render());
+    assert_eq!(step.counter("received"), step.counter("published") * 4);
+    assert_eq!(s.shared.metrics.slow_consumers.get(), 1);
+    let slow = &report.summary["slow"];
+    assert_eq!(slow["subscribers"], 1, "{}", report.render());
+    assert_eq!(slow["cut"], 1, "{}", report.render());
+    assert_eq!(slow["offset_gaps"], 0);
+    assert!(
+        slow["received_mib"]["max"].as_f64().unwrap() < 7.0,
+        "{}",
+        report.render()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,4 +315,88 @@ fn check_yjs(report: &Report) {
     let json = serde_json::to_value(report).unwrap();
     assert_eq!(json["summary"]["pass"], true);
     assert_eq!(json["summary"]["steps"][1]["clients"], 12);
+}
+
+/// `chorus bench meeting --mode sfu --scenario <scenario>` with `peers` peers: every remote
+/// track delivers, nothing is lost, and the server's own count of forwarded packets (read from
+/// its `/metrics`) is at least what the peers received, less a window edge.
+async fn meeting_sfu(scenario: &str, peers: u64, remote_tracks: u64) {
+    let s = server().await;
+    let argv =
+        format!("meeting --mode sfu --scenario {scenario} -n {peers} -d 2 --warmup 0.5 -r 40");
+    let scenario = args(&s, Tr::Ws, &argv.split(' ').collect::<Vec<_>>());
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let (join, media) = (&report.steps[0], &report.steps[1]);
+    assert!(join.pass && media.pass, "{}", report.render());
+    assert_eq!(media.counter("remote_tracks"), remote_tracks);
+    assert_eq!(media.counter("remote_tracks_receiving"), remote_tracks);
+    assert_eq!(media.counter("lost"), 0, "{}", report.render());
+    assert_eq!(media.counter("lost_measuring"), 0, "{}", report.render());
+    assert_eq!(media.counter("duplicates"), 0, "{}", report.render());
+    assert!(media.errors.is_empty(), "{:?}", media.errors);
+    // About 2 s of 40 packets/s on every remote track arrived, through the server.
+    let received = media.counter("packets_received");
+    assert!(received >= remote_tracks * 40, "{}", report.render());
+    let forwarded = media.counter("server_forwarded");
+    assert!(forwarded >= received / 2, "{}", report.render());
+    assert!(s.shared.metrics.sfu.forwarded_packets.get() >= received);
+    let json = serde_json::to_value(&report).unwrap();
+    let summary = &json["summary"];
+    for figure in ["forwarded_per_s_per_core", "subscribers_per_core"] {
+        assert!(summary[figure].as_f64().unwrap() > 0.0, "{json:#}");
+    }
+    assert_eq!(summary["livekit_reference_packets_per_vcpu"], 38_000.0);
+    assert_eq!(json["params"]["mode"], "sfu");
+    assert!(
+        report.summary_lines.iter().any(|l| l.contains("per core")),
+        "{}",
+        report.render()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meeting_sfu_fanout() {
+    // One publisher, three subscribers of its audio and video.
+    meeting_sfu("fanout", 4, 3 * 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meeting_sfu_all() {
+    // Three peers, each receiving the other two's audio and video.
+    meeting_sfu("all", 3, 3 * 2 * 2).await;
+}
+
+/// `chorus bench floor`: every byte written reaches its reader, and the writer's CPU per
+/// write is measured (it is never zero: each write is a system call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor() {
+    let argv = [
+        "bench",
+        "floor",
+        "-n",
+        "3,20",
+        "-r",
+        "50",
+        "-d",
+        "0.5",
+        "--writer-cpu",
+        "0",
+        "--json",
+    ];
+    let scenario = BenchArgs::try_parse_from(argv).unwrap().scenario;
+    let report = scenario.run().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.steps.len(), 2, "{}", report.render());
+    for (step, sockets) in report.steps.iter().zip([3, 20]) {
+        assert!(step.pass, "{}", report.render());
+        assert_eq!(step.counter("connections"), sockets);
+        // 25 rounds in the measured half second, give or take the one at its edge.
+        let writes = step.counter("writes");
+        assert!(
+            (24 * sockets..=26 * sockets).contains(&writes),
+            "{}",
+            report.render()
+        );
+        assert!(step.counter("cpu_ns_per_write") > 0, "{}", report.render());
+    }
+    assert_eq!(report.summary["floors"].as_array().unwrap().len(), 2);
 }

@@ -14,5 +14,7 @@ mod session;
 mod sfu;
 mod tidy;
 mod util;
+mod whip;
+mod whip_browser;
 mod ws_wire;
 mod yjs_node;

@@ -194,6 +194,13 @@ async fn five_pages_meet_through_the_sfu() {
     scenario_with("sfu.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
 }
 
+/// Simulcast through the SFU: a page showing a publisher in a small tile receives a narrower
+/// layer than a page showing it large, and a hidden tile receives nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_follow_the_tile_size() {
+    scenario_with("simulcast.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
+}
+
 /// In SFU mode too (every meeting of the server is one), a dropped session resumes its
 /// participant: a new connection with the server, media again both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! WebRTC peers of the load tool (`chorus::bench::rtc_peer`, webrtc-rs) in real meetings: two
-//! peers exchange audio and video; grants shape who sends what; the `chorus bench meeting`
-//! scenario end to end; and a Rust peer meets the meeting page in headless Chromium.
+//! peers exchange audio and video; grants shape who sends what, in a mesh and through the SFU;
+//! the `chorus bench meeting` scenario end to end; and a Rust peer meets the meeting page in
+//! headless Chromium.
 
 use crate::meet_browser::{BROWSER, CHROMIUM, require_browser, spawn_node, unique_room};
 use crate::util::{TestServer, Tr};
@@ -9,7 +10,7 @@ use chorus::bench::rtc_peer::{MeetingPeer, PeerConfig, PeerReport};
 use chorus::bench::target::Target;
 use chorus::bench::{BenchArgs, Scenario};
 use clap::Parser;
-use signaling::wire::TrackKind;
+use signaling::wire::{MeetingMode, TrackKind};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -32,8 +33,19 @@ fn bench_meeting(s: &TestServer, tr: Tr, extra: &[&str]) -> Scenario {
     BenchArgs::try_parse_from(argv).unwrap().scenario
 }
 
-/// A peer of `token`'s user in `room` (its organisation's home space), over `tr`.
+/// A peer of `token`'s user in `room` (its organisation's home space), over `tr`, in a mesh.
 async fn join(s: &TestServer, tr: Tr, token: &str, room: &str) -> MeetingPeer {
+    join_in(s, tr, token, room, MeetingMode::Mesh).await
+}
+
+/// A peer of `token`'s user in `room`'s meeting in `mode`, over `tr`.
+async fn join_in(
+    s: &TestServer,
+    tr: Tr,
+    token: &str,
+    room: &str,
+    mode: MeetingMode,
+) -> MeetingPeer {
     let Scenario::Meeting(args) = bench_meeting(s, tr, &["--token", token]) else {
         unreachable!("parsed as the meeting scenario")
     };
@@ -47,6 +59,7 @@ async fn join(s: &TestServer, tr: Tr, token: &str, room: &str) -> MeetingPeer {
         packet_rate: 50.0,
         video_bytes: 600,
         bind: "127.0.0.1".parse().unwrap(),
+        mode,
     };
     MeetingPeer::join(conn, config)
         .await
@@ -164,13 +177,71 @@ async fn grants_decide_who_sends_and_who_receives() {
     assert!(speaker.remote.is_empty(), "{speaker:#?}");
     // Every SDP fitted its sender's grants: no signal was refused.
     for r in [&alice, &viewer, &speaker] {
-        let refused: Vec<_> = r
-            .errors
-            .keys()
-            .filter(|e| e.as_str() != "publish: forbidden")
-            .collect();
-        assert!(refused.is_empty(), "{r:#?}");
+        assert_only_publishes_refused(r);
     }
+}
+
+/// Nothing but a publish the grants forbid was refused to `r`.
+fn assert_only_publishes_refused(r: &PeerReport) {
+    let refused: Vec<_> = r
+        .errors
+        .keys()
+        .filter(|e| e.as_str() != "publish: forbidden")
+        .collect();
+    assert!(refused.is_empty(), "{r:#?}");
+}
+
+/// Through the SFU: alice sends and receives, a viewer only receives, a speaker only sends.
+/// Every track a participant may receive arrives whole (no loss, a keyframe after the PLI),
+/// named by its sender's cid; nothing comes to whom may not receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sfu_peers_exchange_media_within_their_grants() {
+    let s = TestServer::start().await;
+    let room = "rtc-sfu";
+    let sfu = MeetingMode::Sfu;
+    let alice = join_in(&s, Tr::Ws, &s.token("alice", "acme"), room, sfu).await;
+    let viewer = s.token_with("viewer", "acme", &[Grant::Subscribe], 3600);
+    let viewer = join_in(&s, Tr::Quic, &viewer, room, sfu).await;
+    let speaker = s.token_with("speaker", "acme", &[Grant::Publish], 3600);
+    let speaker = join_in(&s, Tr::Ws, &speaker, room, sfu).await;
+    let all = [&alice, &viewer, &speaker];
+    // More than a second of each track at 50 packets/s: video goes out from a keyframe on,
+    // and one more keyframe follows the first.
+    until("media through the SFU", &all, || {
+        (got(&alice, &speaker, 60) && got(&viewer, &alice, 60) && got(&viewer, &speaker, 60))
+            .then_some(())
+    })
+    .await;
+    assert!(s.shared.metrics.sfu.forwarded_packets.get() >= 200);
+
+    let alice = alice.leave().await;
+    let viewer = viewer.leave().await;
+    let speaker = speaker.leave().await;
+    assert!(viewer.grants.subscribe && !viewer.grants.publish);
+    assert!(speaker.grants.publish && !speaker.grants.subscribe);
+    assert!(viewer.published.is_empty(), "{viewer:#?}");
+    assert_eq!(viewer.sent_packets, 0);
+    assert!(speaker.remote.is_empty(), "{speaker:#?}");
+    assert_eq!(alice.from(&viewer.sid).count(), 0, "{alice:#?}");
+    for (me, from) in [(&alice, &speaker), (&viewer, &alice), (&viewer, &speaker)] {
+        let mut cids: Vec<&str> = me.from(&from.sid).map(|t| t.cid.as_str()).collect();
+        cids.sort();
+        let mut published: Vec<&str> = from.published.iter().map(String::as_str).collect();
+        published.sort();
+        assert_eq!(cids, published, "{me:#?}");
+        for track in me.from(&from.sid) {
+            assert_eq!((track.lost, track.duplicates), (0, 0), "{track:?}");
+            if track.kind == TrackKind::Video {
+                assert!(track.keyframes >= 1, "{track:?}");
+            }
+        }
+    }
+    for r in [&alice, &viewer, &speaker] {
+        // Every answer fitted its sender's grants, every line took its local track.
+        assert_only_publishes_refused(r);
+        assert_eq!(r.ended, None, "{r:#?}");
+    }
+    assert_eq!(viewer.errors.get("publish: forbidden"), Some(&2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

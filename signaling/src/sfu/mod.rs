@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::config::CryptoProvider;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
@@ -43,6 +44,19 @@ pub struct RoomConfig {
     pub max_tracks: usize,
     /// The least time between two keyframe requests sent to one published track.
     pub keyframe_interval: Duration,
+    /// RTP packets each video line a subscriber receives keeps after sending them, to answer
+    /// its NACKs with retransmissions (default 1000: about a second of 720p video).
+    pub send_buffer_video: usize,
+    /// The same for audio lines (default 100: two seconds of 20 ms Opus packets).
+    pub send_buffer_audio: usize,
+    /// The bandwidth assumed towards a new session until its estimate (from transport-wide
+    /// congestion control feedback) says otherwise; it caps the simulcast layers it gets.
+    pub initial_bitrate: u64,
+    /// The bandwidth the estimator probes for towards each session (default 4 Mbit/s: the
+    /// highest layers of a few videos), so higher layers are taken up once the path allows.
+    pub desired_bitrate: u64,
+    /// How active speakers are detected.
+    pub speakers: SpeakerConfig,
 }
 
 impl Default for RoomConfig {
@@ -52,6 +66,11 @@ impl Default for RoomConfig {
             max_sessions: 50,
             max_tracks: 200,
             keyframe_interval: Duration::from_secs(1),
+            send_buffer_video: 1000,
+            send_buffer_audio: 100,
+            initial_bitrate: 1_000_000,
+            desired_bitrate: 4_000_000,
+            speakers: SpeakerConfig::default(),
         }
     }
 }
@@ -153,6 +172,12 @@ struct Session {
     /// Source addresses its datagrams came from.
     addrs: Vec<SocketAddr>,
     timeout: Instant,
+    /// The size of the element each received video track is shown in, as it reported.
+    layouts: HashMap<String, (u32, u32)>,
+    /// The bandwidth estimated towards the participant, in bits per second.
+    estimate: Option<u64>,
+    /// WHIP/WHEP: the client made the offer; the session is never offered anything.
+    client: Option<whip::ClientSession>,
 }
 
 impl Session {
@@ -171,6 +196,12 @@ struct Published {
     last_keyframe_request: Option<Instant>,
     /// A keyframe request waits for the throttle.
     keyframe_wanted: bool,
+    /// Its publisher sends it in simulcast layers: its line asks for them.
+    layered: bool,
+    /// Its simulcast layers (video).
+    simulcast: simulcast::Layers,
+    /// The layer state of each subscriber (video).
+    forwards: BTreeMap<String, simulcast::Forward>,
 }
 
 /// One SFU room.
@@ -187,6 +218,11 @@ pub struct Room {
     /// Sessions with changes not offered yet.
     renegotiate: BTreeSet<String>,
     routes: VecDeque<Route>,
+    /// Changes of the layers publishers should send, not polled yet.
+    layer_changes: VecDeque<LayerChange>,
+    /// When layers are measured and picked again.
+    next_select: Instant,
+    speakers: Speakers,
     stats: RoomStats,
 }
 
@@ -194,6 +230,7 @@ impl Room {
     /// An empty room; `now` is its clock until an input brings a later time.
     pub fn new(config: RoomConfig, now: Instant) -> Room {
         Room {
+            speakers: Speakers::new(config.speakers),
             config,
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             now,
@@ -204,6 +241,8 @@ impl Room {
             offers: VecDeque::new(),
             renegotiate: BTreeSet::new(),
             routes: VecDeque::new(),
+            layer_changes: VecDeque::new(),
+            next_select: now + SELECT_INTERVAL,
             stats: RoomStats::default(),
         }
     }
@@ -257,7 +296,11 @@ impl Room {
             .set_crypto_provider(self.crypto.clone())
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
+            .set_send_buffer_video(self.config.send_buffer_video)
+            .set_send_buffer_audio(self.config.send_buffer_audio)
+            .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate)))
             .build(self.now);
+        (rtc.bwe()).set_bitrate(Bitrate::ZERO, Bitrate::bps(self.config.desired_bitrate));
         for addr in &self.config.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(candidate) => {
@@ -283,6 +326,9 @@ impl Room {
             subscriptions: BTreeSet::new(),
             addrs: Vec::new(),
             timeout: self.now,
+            layouts: HashMap::new(),
+            estimate: None,
+            client: None,
         };
         self.sessions.insert(participant.to_string(), session);
         self.changed(participant);
@@ -295,6 +341,7 @@ impl Room {
             return;
         };
         session.rtc.disconnect();
+        self.speakers.remove(participant, self.now);
         for addr in &session.addrs {
             self.by_addr.remove(addr);
         }
@@ -341,6 +388,9 @@ impl Room {
                 subscribers: BTreeMap::new(),
                 last_keyframe_request: None,
                 keyframe_wanted: false,
+                layered: false,
+                simulcast: simulcast::Layers::default(),
+                forwards: BTreeMap::new(),
             },
         );
         self.changed(participant);
@@ -431,6 +481,8 @@ impl Room {
             for (track, mid) in subscribed {
                 if let Some(t) = self.tracks.get_mut(&track) {
                     t.subscribers.insert(participant.to_string(), mid);
+                    t.forwards.remove(participant);
+                    self.select(&track);
                     self.request_keyframe(&track);
                 }
             }
@@ -519,6 +571,12 @@ impl Room {
         for track in wanted {
             self.request_keyframe(&track);
         }
+        if self.next_select <= self.now {
+            let elapsed = self.now - (self.next_select - SELECT_INTERVAL);
+            self.next_select = self.now + SELECT_INTERVAL;
+            self.select_all(elapsed);
+        }
+        self.speakers.handle_timeout(self.now);
     }
 
     /// When `handle_timeout` has something to do next.
@@ -528,7 +586,9 @@ impl Room {
         let keyframes = (self.tracks.values())
             .filter(|t| t.keyframe_wanted)
             .filter_map(|t| t.last_keyframe_request.map(|at| at + interval));
-        sessions.chain(keyframes).min()
+        let select = (!self.tracks.is_empty()).then_some(self.next_select);
+        let speakers = self.speakers.poll_timeout();
+        (sessions.chain(keyframes).chain(select).chain(speakers)).min()
     }
 
     /// The next datagram to send.
@@ -544,6 +604,11 @@ impl Room {
             }
         }
         self.offers.pop_front()
+    }
+
+    /// The ranked active speakers (participants, loudest first), when the list changed.
+    pub fn poll_speakers(&mut self) -> Option<Vec<Speaker>> {
+        self.speakers.poll_speakers()
     }
 
     /// The next change of the ufrags the shell routes to this room.
@@ -562,6 +627,10 @@ impl Room {
         let Some(session) = self.sessions.get(participant) else {
             return;
         };
+        if session.client.is_some() {
+            self.select_sources(participant);
+            return;
+        }
         if session.pending.is_some() {
             return;
         }
@@ -580,20 +649,22 @@ impl Room {
             .filter(|(_, line)| !wanted(line))
             .map(|(mid, _)| *mid)
             .collect();
-        let mut missing: Vec<Line> = Vec::new();
+        // With whether the line asks for simulcast layers.
+        let mut missing: Vec<(Line, bool)> = Vec::new();
         for (sid, t) in tracks {
             let inbound = t.owner == participant;
             let desired = inbound || session.subscriptions.contains(sid);
             let present = (session.lines.values())
                 .any(|l| !l.gone && l.track == *sid && l.inbound == inbound);
             if desired && !present {
-                missing.push(Line {
+                let line = Line {
                     track: sid.clone(),
                     owner: t.owner.clone(),
                     kind: t.kind,
                     inbound,
                     gone: false,
-                });
+                };
+                missing.push((line, inbound && t.layered));
             }
         }
         if session.started && stopped.is_empty() && missing.is_empty() {
@@ -614,7 +685,7 @@ impl Room {
             api.add_channel(CHANNEL_LABEL.to_string());
         }
         let mut added = Vec::new();
-        for line in missing {
+        for (line, layered) in missing {
             let direction = if line.inbound {
                 Direction::RecvOnly
             } else {
@@ -625,7 +696,8 @@ impl Room {
                 TrackKind::Video => MediaKind::Video,
             };
             let stream = Some(line.owner.clone());
-            let mid = api.add_media(kind, direction, stream, Some(line.track.clone()), None);
+            let layers = layered.then(simulcast::recv_layers);
+            let mid = api.add_media(kind, direction, stream, Some(line.track.clone()), layers);
             added.push((mid, line));
         }
         for mid in &stopped {
@@ -678,6 +750,10 @@ impl Room {
         // frame when nothing came on its line yet.
         t.keyframe_wanted = true;
         let owner = t.owner.clone();
+        let rids = self.keyframe_rids(track);
+        let Some(t) = self.tracks.get_mut(track) else {
+            return;
+        };
         let Some(session) = self.sessions.get_mut(&owner) else {
             return;
         };
@@ -690,7 +766,11 @@ impl Room {
         } else {
             KeyframeRequestKind::Fir
         };
-        if writer.request_keyframe(None, kind).is_err() {
+        let mut sent = false;
+        for rid in rids {
+            sent |= writer.request_keyframe(rid, kind).is_ok();
+        }
+        if !sent {
             return;
         }
         t.last_keyframe_request = Some(self.now);
@@ -735,6 +815,11 @@ impl Room {
     fn handle_event(&mut self, sid: &str, event: Event, dirty: &mut BTreeSet<String>) {
         match event {
             Event::MediaData(data) => self.forward(sid, data, dirty),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(session) = self.sessions.get_mut(sid) {
+                    session.estimate = Some(estimate.as_u64());
+                }
+            }
             Event::KeyframeRequest(request) => {
                 let track = (self.sessions.get(sid))
                     .and_then(|s| s.lines.get(&request.mid))
@@ -776,14 +861,43 @@ impl Room {
         if !data.contiguous || first {
             self.request_keyframe(&track);
         }
-        let Some(t) = self.tracks.get(&track) else {
+        let Some(layer) = simulcast::layer_of(data.rid) else {
             return;
         };
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let video = t.kind == TrackKind::Video;
+        // A layer's first frame: subscribers may pick it now.
+        if video && t.simulcast.record(layer, &data) {
+            self.select(&track);
+        } else if !video && let Some(level) = data.ext_vals.audio_level {
+            let owner = t.owner.clone();
+            (self.speakers).handle_level(&owner, level.unsigned_abs(), self.now);
+        }
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        let keyframe = data.is_keyframe();
         let packets = (**data.seq_range.end()).saturating_sub(**data.seq_range.start()) + 1;
         let mut lost = false;
         for (subscriber, mid) in &t.subscribers {
             let Some(session) = self.sessions.get_mut(subscriber) else {
                 continue;
+            };
+            if session.is_hidden(&track) {
+                continue;
+            }
+            // Video goes out in one layer, from a keyframe on.
+            let time = if video {
+                let forward = (t.forwards.entry(subscriber.clone()))
+                    .or_insert_with(|| simulcast::Forward::new(layer));
+                match forward.admit(layer, keyframe, data.time) {
+                    Some(time) => time,
+                    None => continue,
+                }
+            } else {
+                data.time
             };
             let Some(writer) = session.rtc.writer(*mid) else {
                 continue;
@@ -791,7 +905,7 @@ impl Room {
             let Some(pt) = writer.match_params(data.params) else {
                 continue;
             };
-            match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            match writer.write(pt, data.network_time, time, data.data.clone()) {
                 Ok(()) => {
                     self.stats.forwarded_packets += packets;
                     self.stats.forwarded_bytes += data.data.len() as u64;
@@ -822,5 +936,10 @@ pub fn stun_ufrag(datagram: &[u8]) -> Option<&str> {
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
+mod simulcast;
+mod speaker;
+pub use simulcast::{LAYERS, LayerChange, MAX_LAYOUT_PIXELS, SELECT_INTERVAL};
+pub use speaker::{Speaker, SpeakerConfig, Speakers};
 #[cfg(test)]
 mod tests;
+pub mod whip;

@@ -6,7 +6,7 @@
 use super::*;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::MediaTime;
+use str0m::media::{MediaTime, Pt};
 
 /// The server's address in the simulated network.
 pub const SERVER: &str = "10.0.0.1:5000";
@@ -26,6 +26,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client at `addr` that has received nothing yet.
+    pub fn new(rtc: Rtc, addr: SocketAddr) -> Client {
+        Client {
+            rtc,
+            addr,
+            media: Vec::new(),
+            frames: Vec::new(),
+            keyframe_requests: 0,
+            datagrams_in: 0,
+        }
+    }
+
     pub fn mid_of(&self, track: &str) -> Mid {
         let line = (self.media.iter())
             .find(|l| l.track == track)
@@ -53,6 +65,9 @@ pub struct Net {
     /// Wall-clock time spent inside the room's methods.
     pub room_busy: Duration,
     pub next_host: u8,
+    /// RTP datagrams from the room to drop before they reach a client, by client name: the
+    /// next `n` are lost on the way.
+    pub lose_rtp: BTreeMap<String, usize>,
 }
 
 impl Net {
@@ -72,6 +87,7 @@ impl Net {
             server,
             room_busy: Duration::ZERO,
             next_host: 10,
+            lose_rtp: BTreeMap::new(),
         }
     }
 
@@ -81,15 +97,8 @@ impl Net {
         self.next_host += 1;
         let mut rtc = Rtc::builder().build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        let client = Client {
-            rtc,
-            addr,
-            media: Vec::new(),
-            frames: Vec::new(),
-            keyframe_requests: 0,
-            datagrams_in: 0,
-        };
-        self.clients.insert(name.to_string(), client);
+        self.clients
+            .insert(name.to_string(), Client::new(rtc, addr));
         self.room.add_participant(name).unwrap();
         self.settle();
     }
@@ -146,9 +155,16 @@ impl Net {
                     gone.datagrams_in += 1;
                     continue;
                 }
-                let client = (self.clients.values_mut())
-                    .find(|c| c.addr == t.destination)
+                let (name, client) = (self.clients.iter_mut())
+                    .find(|(_, c)| c.addr == t.destination)
                     .expect("a datagram to a known address");
+                if is_rtp(&t.contents)
+                    && let Some(n) = self.lose_rtp.get_mut(name)
+                    && *n > 0
+                {
+                    *n -= 1;
+                    continue;
+                }
                 client.datagrams_in += 1;
                 let input = Input::Receive(
                     self.now,
@@ -202,16 +218,28 @@ impl Net {
         self.gone.insert(name.to_string(), client);
     }
 
-    /// `publisher` sends one video frame on its line of `track`.
-    pub fn send_frame(&mut self, publisher: &str, track: &str, payload: &[u8]) {
-        let now = self.now;
+    /// `publisher`'s client, its line of `track`, the payload type of `codec` on it, and the
+    /// media time now.
+    fn line(
+        &mut self,
+        publisher: &str,
+        track: &str,
+        codec: Codec,
+    ) -> (&mut Client, Mid, Pt, MediaTime) {
+        let time: MediaTime = self.now.duration_since(self.start).into();
         let client = self.clients.get_mut(publisher).unwrap();
         let mid = client.mid_of(track);
         let pt = (client.rtc.codec_config())
-            .find(|p| p.spec().codec == Codec::Vp8)
+            .find(|p| p.spec().codec == codec)
             .unwrap()
             .pt();
-        let time: MediaTime = now.duration_since(self.start).into();
+        (client, mid, pt, time)
+    }
+
+    /// `publisher` sends one video frame on its line of `track`.
+    pub fn send_frame(&mut self, publisher: &str, track: &str, payload: &[u8]) {
+        let now = self.now;
+        let (client, mid, pt, time) = self.line(publisher, track, Codec::Vp8);
         client
             .rtc
             .writer(mid)
@@ -221,12 +249,77 @@ impl Net {
         self.run(2);
     }
 
+    /// `publisher` sends one frame of each layer `layers` names (indices into [`LAYERS`]) on
+    /// its simulcast line of `track`: keyframes (of the layer's width) or delta frames.
+    pub fn send_layers(
+        &mut self,
+        publisher: &str,
+        track: &str,
+        layers: &[usize],
+        key: bool,
+        i: u8,
+    ) {
+        let now = self.now;
+        let (client, mid, pt, time) = self.line(publisher, track, Codec::Vp8);
+        for &layer in layers {
+            let writer = client.rtc.writer(mid).expect("the publisher's line");
+            let payload = layer_frame(layer, key, i);
+            (writer.rid(LAYERS[layer].into()))
+                .write(pt, now, time, payload)
+                .unwrap();
+        }
+        self.run(6);
+    }
+
+    /// `publisher` sends one Opus packet on its line of `track`, with audio level `dbov`
+    /// (-dBov), then 20 ms pass.
+    pub fn send_audio(&mut self, publisher: &str, track: &str, dbov: u8) {
+        let now = self.now;
+        let (client, mid, pt, time) = self.line(publisher, track, Codec::Opus);
+        let level = -(dbov.min(127) as i8);
+        (client.rtc.writer(mid).expect("the publisher's line"))
+            .audio_level(level, dbov < 127)
+            .write(pt, now, time, vec![0xfc, 0xff, 0xfe])
+            .unwrap();
+        self.run(4);
+    }
+
     /// `publisher` sends `n` frames on `track`, one every 30 ms.
     pub fn stream(&mut self, publisher: &str, track: &str, n: u8) {
         for i in 0..n {
             self.send_frame(publisher, track, &frame(i));
             self.run(4);
         }
+    }
+}
+
+/// Whether `datagram` is an RTP packet (SRTP keeps the header in the clear): version 2, and a
+/// second byte outside the RTCP packet types 192 to 223.
+fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
+}
+
+/// A VP8 frame of simulcast layer `layer` (whose width is 320 << layer), numbered `i`: a
+/// keyframe's header gives the width. Byte 10 is the layer, 11 the number.
+pub fn layer_frame(layer: usize, key: bool, i: u8) -> Vec<u8> {
+    let width = (320u16 << layer).to_le_bytes();
+    let height = (180u16 << layer).to_le_bytes();
+    match key {
+        true => vec![
+            0x10,
+            0x02,
+            0x00,
+            0x9d,
+            0x01,
+            0x2a,
+            width[0],
+            width[1],
+            height[0],
+            height[1],
+            layer as u8,
+            i,
+        ],
+        false => vec![0x11, 0x02, 0x00, 0, 0, 0, 0, 0, 0, 0, layer as u8, i],
     }
 }
 

@@ -5,11 +5,19 @@ use super::*;
 
 /// Alice publishes a video track; bob and carol subscribe to it.
 fn alice_bob_carol(config: RoomConfig) -> Net {
+    room_of_three(config, false)
+}
+
+/// Alice publishes a video track, in three layers when `simulcast`; bob and carol subscribe.
+fn room_of_three(config: RoomConfig, simulcast: bool) -> Net {
     let mut net = Net::new(config);
     net.join("alice");
     net.room
         .publish("alice", "t-video", TrackKind::Video)
         .unwrap();
+    if simulcast {
+        net.room.simulcast("t-video").unwrap();
+    }
     net.settle();
     net.join("bob");
     net.join("carol");
@@ -109,6 +117,186 @@ fn keyframe_requests_reach_the_publisher_throttled() {
     net.run(100);
     assert_eq!(net.clients["alice"].keyframe_requests, before + 2);
     assert!(net.room.stats().keyframe_requests >= 2);
+}
+
+/// Bob loses a packet on the way: his NACK is answered from his line's send buffer, and the
+/// frame it carried arrives.
+#[test]
+fn lost_packets_are_retransmitted_from_the_send_buffer() {
+    let mut net = alice_bob_carol(RoomConfig::default());
+    net.stream("alice", "t-video", 5);
+    let before = net.clients["bob"].datagrams_in;
+    net.lose_rtp.insert("bob".into(), 1);
+    // Each frame is one packet: without the retransmission, one of these frames is missing.
+    net.stream("alice", "t-video", 10);
+    net.run(100);
+    assert_eq!(net.lose_rtp["bob"], 0, "a packet to bob was lost");
+    let last: Vec<Vec<u8>> = (0..10).map(frame).collect();
+    for name in ["bob", "carol"] {
+        let client = &net.clients[name];
+        let got = client.frames_of(client.mid_of("t-video"));
+        assert!(got.ends_with(&last), "{name} got {} frames", got.len());
+    }
+    assert!(net.clients["bob"].datagrams_in > before + 10);
+}
+
+/// Alice publishes video in three layers; bob and carol subscribe.
+fn simulcast_room(config: RoomConfig) -> Net {
+    room_of_three(config, true)
+}
+
+/// The layers of the frames `name` received on `track`, from the `from`th on.
+fn layers_seen(net: &Net, name: &str, from: usize) -> Vec<u8> {
+    let client = &net.clients[name];
+    let frames = client.frames_of(client.mid_of("t-video"));
+    frames[from.min(frames.len())..]
+        .iter()
+        .map(|f| f[10])
+        .collect()
+}
+
+fn layer_changes(net: &mut Net) -> Vec<LayerChange> {
+    std::iter::from_fn(|| net.room.poll_layers()).collect()
+}
+
+#[test]
+fn each_subscriber_gets_the_layer_its_element_needs() {
+    let mut net = simulcast_room(RoomConfig::default());
+    net.room.set_layout("bob", "t-video", 160, 90).unwrap();
+    net.room.set_layout("carol", "t-video", 1280, 720).unwrap();
+    // The first keyframes: each layer is picked as it is first seen, so carol steps up
+    // through them.
+    net.send_layers("alice", "t-video", &[0, 1, 2], true, 0);
+    assert_eq!(layers_seen(&net, "carol", 0), [0, 1, 2]);
+    for i in 1..10 {
+        net.send_layers("alice", "t-video", &[0, 1, 2], i % 5 == 0, i);
+    }
+    let bob = layers_seen(&net, "bob", 0);
+    let carol = layers_seen(&net, "carol", 3);
+    assert!(bob.len() >= 8 && bob.iter().all(|&l| l == 0), "{bob:?}");
+    assert!(
+        carol.len() >= 8 && carol.iter().all(|&l| l == 2),
+        "{carol:?}"
+    );
+    // Nobody needs the middle layer: alice is told to pause it.
+    let changes = layer_changes(&mut net);
+    let last = changes.last().expect("a layer change");
+    assert_eq!(
+        (last.participant.as_str(), last.track.as_str()),
+        ("alice", "t-video")
+    );
+    assert_eq!(last.active, ["q", "f"]);
+    // Sizes are bounded, and only for tracks the participant receives.
+    assert!(matches!(
+        net.room.set_layout("bob", "t-video", 100_000, 10),
+        Err(RoomError::Invalid(_))
+    ));
+    assert!(matches!(
+        net.room.set_layout("alice", "t-video", 100, 10),
+        Err(RoomError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_layer_switch_waits_for_a_keyframe_it_requests() {
+    let config = RoomConfig {
+        keyframe_interval: Duration::from_millis(100),
+        ..RoomConfig::default()
+    };
+    let mut net = simulcast_room(config);
+    net.room.set_layout("bob", "t-video", 160, 90).unwrap();
+    net.send_layers("alice", "t-video", &[0, 1, 2], true, 0);
+    net.send_layers("alice", "t-video", &[0, 1, 2], false, 1);
+    net.run(300); // past the keyframe throttle
+    let requests = net.clients["alice"].keyframe_requests;
+    let seen = net.clients["bob"].frames.len();
+
+    net.room.set_layout("bob", "t-video", 1920, 1080).unwrap();
+    net.run(10);
+    assert!(net.clients["alice"].keyframe_requests > requests);
+    assert_eq!(layer_changes(&mut net).last().unwrap().active, ["q", "f"]);
+    // Delta frames: bob stays on the low layer until the high one has a keyframe.
+    for i in 2..5 {
+        net.send_layers("alice", "t-video", &[0, 1, 2], false, i);
+    }
+    net.send_layers("alice", "t-video", &[0, 1, 2], true, 5);
+    net.send_layers("alice", "t-video", &[0, 1, 2], false, 6);
+    // (The low layer's frame 5 is sent before the high one's, so bob gets both.)
+    assert_eq!(layers_seen(&net, "bob", seen), [0, 0, 0, 0, 2, 2]);
+    // One continuous stream: nothing is missing, the frames come in order.
+    let numbers: Vec<u8> = (net.clients["bob"].frames[seen..].iter())
+        .map(|(_, f)| f[11])
+        .collect();
+    assert_eq!(numbers, [2, 3, 4, 5, 5, 6]);
+    // The low layer is still needed (it always is); the middle one never was.
+    net.run(100);
+    assert_eq!(layer_changes(&mut net), []);
+}
+
+#[test]
+fn a_hidden_element_gets_nothing_until_shown() {
+    let mut net = simulcast_room(RoomConfig::default());
+    net.room.set_layout("bob", "t-video", 640, 360).unwrap();
+    net.room.set_layout("carol", "t-video", 640, 360).unwrap();
+    net.send_layers("alice", "t-video", &[0, 1, 2], true, 0);
+    net.send_layers("alice", "t-video", &[0, 1, 2], true, 1);
+    assert_eq!(layers_seen(&net, "bob", 0), [0, 1, 1]);
+    assert_eq!(layer_changes(&mut net).last().unwrap().active, ["q", "h"]);
+
+    net.room.set_layout("bob", "t-video", 0, 0).unwrap();
+    net.room.set_layout("carol", "t-video", 640, 0).unwrap();
+    let seen = net.clients["bob"].frames.len();
+    for i in 2..5 {
+        net.send_layers("alice", "t-video", &[0, 1, 2], true, i);
+    }
+    assert_eq!(net.clients["bob"].frames.len(), seen);
+    assert_eq!(net.clients["carol"].frames.len(), seen);
+    // Only the lowest layer goes on, for whoever comes next.
+    assert_eq!(layer_changes(&mut net).last().unwrap().active, ["q"]);
+
+    net.run(200); // past the keyframe throttle
+    let requests = net.clients["alice"].keyframe_requests;
+    net.room.set_layout("bob", "t-video", 320, 180).unwrap();
+    net.run(220); // within the keyframe throttle at most
+    assert!(net.clients["alice"].keyframe_requests > requests);
+    net.send_layers("alice", "t-video", &[0], false, 5);
+    net.send_layers("alice", "t-video", &[0], true, 6);
+    assert_eq!(layers_seen(&net, "bob", seen), [0]);
+}
+
+#[test]
+fn audio_levels_name_the_active_speakers() {
+    let mut net = Net::new(RoomConfig::default());
+    for name in ["alice", "bob"] {
+        net.join(name);
+        let track = format!("t-{name}");
+        net.room.publish(name, &track, TrackKind::Audio).unwrap();
+    }
+    net.settle();
+    net.room.subscribe("alice", "t-bob").unwrap();
+    net.room.subscribe("bob", "t-alice").unwrap();
+    net.settle();
+    net.connect(&["alice", "bob"]);
+    // Layouts are for video: audio is never hidden.
+    assert!(matches!(
+        net.room.set_layout("alice", "t-bob", 0, 0),
+        Err(RoomError::Invalid(_))
+    ));
+    let mut lists = Vec::new();
+    for _ in 0..100 {
+        net.send_audio("alice", "t-alice", 127);
+        net.send_audio("bob", "t-bob", 20);
+        lists.extend(std::iter::from_fn(|| net.room.poll_speakers()));
+    }
+    let last = lists.last().expect("a list of speakers");
+    assert_eq!(last.len(), 1, "{lists:?}");
+    assert_eq!(last[0].participant, "bob");
+    assert!(last[0].level >= 50, "{last:?}");
+    // Bob leaves: the list empties.
+    net.leave("bob");
+    net.run(100);
+    let lists: Vec<_> = std::iter::from_fn(|| net.room.poll_speakers()).collect();
+    assert_eq!(lists.last(), Some(&Vec::new()));
 }
 
 #[test]

@@ -195,6 +195,52 @@ impl TrackCounter {
     }
 }
 
+/// How late a sender may be and still send every packet it owes: beyond, the backlog is
+/// skipped rather than sent in one burst.
+pub const CATCH_UP: Duration = Duration::from_millis(100);
+
+/// What a `Pacer` says at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// Packets to send now on each stream.
+    pub send: u64,
+    /// Packets of each stream skipped: the sender was more than `CATCH_UP` late.
+    pub skipped: u64,
+}
+
+/// Paces streams of `rate` packets per second by the time since the first tick, so a tick that
+/// comes late (a busy runtime) is made up by sending what is due, up to `CATCH_UP` of it.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: f64,
+    start: Option<Instant>,
+    /// Packets counted as due (sent or skipped) so far.
+    counted: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: f64) -> Pacer {
+        Pacer {
+            rate: rate.max(0.1),
+            start: None,
+            counted: 0,
+        }
+    }
+
+    /// A tick at `now`: the first packet is due at the first tick, then one every `1/rate`.
+    pub fn poll(&mut self, now: Instant) -> Due {
+        let start = *self.start.get_or_insert(now);
+        let total = (now.saturating_duration_since(start).as_secs_f64() * self.rate) as u64 + 1;
+        let owed = total.saturating_sub(self.counted);
+        self.counted = self.counted.max(total);
+        let most = ((CATCH_UP.as_secs_f64() * self.rate) as u64).max(1);
+        Due {
+            send: owed.min(most),
+            skipped: owed.saturating_sub(most),
+        }
+    }
+}
+
 /// The RTP stream one local track sends to one peer: sequence numbers and timestamps of a
 /// stream of `rate` packets per second, one frame per packet.
 #[derive(Debug, Clone)]
@@ -389,6 +435,33 @@ mod tests {
                 .request_keyframe
         );
         assert_eq!(audio.keyframe_requests, 0);
+    }
+
+    #[test]
+    fn the_pacer_makes_up_late_ticks_within_the_catch_up() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut p = Pacer::new(100.0);
+        let due = |send, skipped| Due { send, skipped };
+        assert_eq!(p.poll(start), due(1, 0));
+        // Ticks on time: one each.
+        assert_eq!(p.poll(at(10)), due(1, 0));
+        assert_eq!(p.poll(at(20)), due(1, 0));
+        // Early or repeated ticks owe nothing.
+        assert_eq!(p.poll(at(25)), due(0, 0));
+        // 50 ms late: the five packets it owes go now.
+        assert_eq!(p.poll(at(70)), due(5, 0));
+        // A stall of a second: 100 ms of it is made up, the rest skipped.
+        assert_eq!(p.poll(at(1070)), due(10, 90));
+        assert_eq!(p.poll(at(1080)), due(1, 0));
+        // Over a run, sent + skipped is the nominal count (ticks every 7 ms to 1001 ms).
+        let mut p = Pacer::new(50.0);
+        let total: u64 = (0..=1001)
+            .step_by(7)
+            .map(|ms| p.poll(at(ms)))
+            .map(|d| d.send + d.skipped)
+            .sum();
+        assert_eq!(total, 51);
     }
 
     fn send(stream: &mut Outgoing) -> NextPacket {

@@ -1,13 +1,19 @@
-//! Perfect negotiation with one remote participant, as the browser SDK does it
-//! (`sdk/js/meeting.js`, `docs/protocol.md` 15.6), without the peer connection: it tracks the
-//! signalling state the shell's own calls produce and says what to do with each description
-//! and candidate. The polite side (the greater `sid`) rolls its offer back on a collision; the
-//! impolite side ignores the other's offer. Candidates that come before the remote description
-//! wait in a bounded queue.
+//! The negotiation of a meeting peer, without the peer connection.
+//!
+//! In a mesh, `Negotiation` is perfect negotiation with one remote participant, as the browser
+//! SDK does it (`sdk/js/meeting.js`, `docs/protocol.md` 15.6): it tracks the signalling state
+//! the shell's own calls produce and says what to do with each description and candidate. The
+//! polite side (the greater `sid`) rolls its offer back on a collision; the impolite side
+//! ignores the other's offer. Candidates that come before the remote description wait in a
+//! bounded queue.
+//!
+//! In SFU mode (`docs/protocol.md` 15.7) the server always offers, so there is no glare:
+//! `SfuNegotiation` reads each `meeting.offer`'s media list and says which lines carry this
+//! participant's own tracks (to send on) and which bring another participant's track.
 
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection as Direction;
-use signaling::wire::{Candidate, Grants, SignalKind};
-use std::collections::VecDeque;
+use signaling::wire::{Candidate, Grants, MediaLine, SignalKind};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Candidates kept while no remote description is set (as the SDK keeps them).
 pub const MAX_QUEUED_CANDIDATES: usize = 256;
@@ -171,6 +177,86 @@ impl Negotiation {
     }
 }
 
+/// What one `meeting.offer` changes for this participant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OfferPlan {
+    /// Lines of our own published tracks that no local track sends on yet: `(mid, cid)`.
+    pub send: Vec<(String, String)>,
+    /// Lines of other participants' tracks that the previous offer did not have.
+    pub receive: Vec<MediaLine>,
+}
+
+/// A participant's side of the negotiation with the server in an SFU meeting: the tracks the
+/// server accepted from it, and the media lines of the last offer.
+#[derive(Debug, Clone)]
+pub struct SfuNegotiation {
+    own: String,
+    /// Our tracks the server accepted: track sid → cid.
+    published: HashMap<String, String>,
+    /// The lines of the last offer, by mid.
+    lines: BTreeMap<String, MediaLine>,
+    /// Mids a local track sends on.
+    sending: BTreeSet<String>,
+}
+
+impl SfuNegotiation {
+    /// The negotiation of participant `own` (its sid).
+    pub fn new(own: &str) -> SfuNegotiation {
+        SfuNegotiation {
+            own: own.to_string(),
+            published: HashMap::new(),
+            lines: BTreeMap::new(),
+            sending: BTreeSet::new(),
+        }
+    }
+
+    /// The server accepted our track `cid` as `track` (`meeting.publish` answered): a later
+    /// offer carries a line to send it on.
+    pub fn published(&mut self, track: &str, cid: &str) {
+        self.published.insert(track.to_string(), cid.to_string());
+    }
+
+    /// A `meeting.offer` with `media`, every line of the session once answered. Lines of our
+    /// own tracks come back in `send` until `sending` says a local track took them.
+    pub fn offer(&mut self, media: Vec<MediaLine>) -> OfferPlan {
+        let lines: BTreeMap<String, MediaLine> =
+            media.into_iter().map(|l| (l.mid.clone(), l)).collect();
+        let mut plan = OfferPlan::default();
+        for (mid, line) in &lines {
+            if line.participant == self.own {
+                if let Some(cid) = self.published.get(&line.track)
+                    && !self.sending.contains(mid)
+                {
+                    plan.send.push((mid.clone(), cid.clone()));
+                }
+            } else if self
+                .lines
+                .get(mid)
+                .is_none_or(|old| old.track != line.track)
+            {
+                plan.receive.push(line.clone());
+            }
+        }
+        // A mid that left the session is free; the server never reuses one for another track,
+        // but forgetting it keeps the set bounded by the lines there are.
+        self.sending.retain(|mid| lines.contains_key(mid));
+        self.lines = lines;
+        plan
+    }
+
+    /// A local track sends on line `mid` now.
+    pub fn sending(&mut self, mid: &str) {
+        self.sending.insert(mid.to_string());
+    }
+
+    /// The line that brings remote track `track` (its sid), if the last offer has one.
+    pub fn remote(&self, track: &str) -> Option<&MediaLine> {
+        self.lines
+            .values()
+            .find(|l| l.track == track && l.participant != self.own)
+    }
+}
+
 /// The direction a transceiver may have under `grants`, as the SDK's `fitDirections`: it sends
 /// only with `publish` and receives only with `subscribe`, so every SDP fits the server's check
 /// (`docs/protocol.md` 15.2).
@@ -192,6 +278,7 @@ pub fn fit_direction(direction: Direction, grants: &Grants) -> Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use signaling::wire::TrackKind;
 
     fn candidate(n: u32) -> Candidate {
         Candidate {
@@ -310,6 +397,73 @@ mod tests {
             n.remote_set(SignalKind::Answer).len(),
             MAX_QUEUED_CANDIDATES
         );
+    }
+
+    fn line(mid: &str, track: &str, participant: &str, kind: TrackKind) -> MediaLine {
+        MediaLine {
+            mid: mid.into(),
+            track: track.into(),
+            participant: participant.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn sfu_offers_say_where_to_send_and_what_comes() {
+        let mut n = SfuNegotiation::new("p-me");
+        // The first offer: only the data channel, nothing to send or receive.
+        assert_eq!(n.offer(Vec::new()), OfferPlan::default());
+        // Our publish is answered while another participant's track is offered.
+        n.published("t-1", "cam");
+        n.published("t-2", "mic");
+        let theirs = line("0", "t-9", "p-other", TrackKind::Video);
+        let plan = n.offer(vec![
+            theirs.clone(),
+            line("1", "t-1", "p-me", TrackKind::Video),
+            line("2", "t-2", "p-me", TrackKind::Audio),
+        ]);
+        assert_eq!(plan.receive, vec![theirs.clone()]);
+        assert_eq!(
+            plan.send,
+            vec![("1".into(), "cam".into()), ("2".into(), "mic".into())]
+        );
+        assert_eq!(n.remote("t-9"), Some(&theirs));
+        // Our own tracks are never remote.
+        assert_eq!(n.remote("t-1"), None);
+        // A line no local track took yet is offered again; one taken is not.
+        n.sending("1");
+        let plan = n.offer(vec![
+            theirs.clone(),
+            line("1", "t-1", "p-me", TrackKind::Video),
+            line("2", "t-2", "p-me", TrackKind::Audio),
+            line("3", "t-8", "p-third", TrackKind::Audio),
+        ]);
+        assert_eq!(plan.send, vec![("2".into(), "mic".into())]);
+        assert_eq!(
+            plan.receive,
+            vec![line("3", "t-8", "p-third", TrackKind::Audio)]
+        );
+    }
+
+    #[test]
+    fn sfu_lines_of_unknown_own_tracks_and_gone_lines() {
+        let mut n = SfuNegotiation::new("p-me");
+        // A line of ours for a track we did not see accepted is left alone.
+        let plan = n.offer(vec![line("0", "t-1", "p-me", TrackKind::Audio)]);
+        assert!(plan.send.is_empty() && plan.receive.is_empty());
+        n.published("t-1", "mic");
+        n.sending("0");
+        // The track's line leaves the session: the mid is forgotten, and a track of another
+        // participant on a new mid is new.
+        let plan = n.offer(vec![line("1", "t-5", "p-other", TrackKind::Audio)]);
+        assert_eq!(plan.receive.len(), 1);
+        assert!(n.remote("t-1").is_none());
+        let plan = n.offer(vec![
+            line("1", "t-5", "p-other", TrackKind::Audio),
+            line("0", "t-1", "p-me", TrackKind::Audio),
+        ]);
+        assert_eq!(plan.send, vec![("0".into(), "mic".into())]);
+        assert!(plan.receive.is_empty());
     }
 
     #[test]

@@ -1,0 +1,581 @@
+//! WHIP and WHEP over real HTTP and UDP: webrtc-rs peers that make the offer publish into a
+//! room's SFU meeting and play from it, next to a session-protocol participant.
+
+use crate::meetings::Peer;
+use crate::util::{TestServer, Tr};
+use chorus::access::Grant;
+use chorus::bench::rtc_peer::media::{OPUS_SILENCE, vp8_payload};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection as Direction;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCSessionDescription, Registry, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+
+/// A generous bound on waits for media; the test fails by itself long before.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 response.
+pub(crate) struct Response {
+    pub status: u16,
+    headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        (self.headers.iter())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn headers(&self, name: &str) -> Vec<&str> {
+        (self.headers.iter())
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// One request on a fresh connection, with `headers` and `body` as given.
+pub(crate) async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += "\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// POST an SDP offer to `path` with `token`.
+pub(crate) async fn post_offer(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    sdp: &str,
+) -> Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/sdp")];
+    if let Some(bearer) = &bearer {
+        headers.push(("authorization", bearer));
+    }
+    request(addr, "POST", path, &headers, sdp).await
+}
+
+fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
+    let (mime_type, clock_rate, channels, payload_type) = match kind {
+        RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, 111),
+        _ => (MIME_TYPE_VP8, 90_000, 0, 96),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime_type.to_owned(),
+            clock_rate,
+            channels,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: Vec::new(),
+        },
+        payload_type,
+    }
+}
+
+/// Counts what a playing peer receives.
+#[derive(Default)]
+struct Received {
+    audio: AtomicU64,
+    video: AtomicU64,
+}
+
+struct Handler {
+    received: Arc<Received>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            let video = track.kind().await == RtpCodecKind::Video;
+            while let Some(event) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(_) = event {
+                    let counter = if video {
+                        &received.video
+                    } else {
+                        &received.audio
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+/// A webrtc-rs peer that offers, as WHIP and WHEP clients do: a VP8 and an Opus line, sending
+/// (WHIP) or receiving (WHEP).
+pub(crate) struct OfferingPeer {
+    pc: Arc<dyn PeerConnection>,
+    /// WHIP: the tracks sent, with their SSRCs.
+    tracks: Vec<(Arc<TrackLocalStaticRTP>, u32, RtpCodecKind)>,
+    received: Arc<Received>,
+}
+
+impl OfferingPeer {
+    pub async fn new(send: bool) -> OfferingPeer {
+        let mut media = MediaEngine::default();
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            media.register_codec(codec(kind), kind).unwrap();
+        }
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let received = Arc::new(Received::default());
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_handler(Arc::new(Handler {
+                received: received.clone(),
+            }))
+            .with_udp_addrs(vec!["127.0.0.1:0".parse::<SocketAddr>().unwrap()])
+            .build()
+            .await
+            .unwrap();
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut tracks = Vec::new();
+        for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+            .into_iter()
+            .enumerate()
+        {
+            if send {
+                let ssrc = 0x1000 + i as u32;
+                let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    "whip".into(),
+                    format!("whip-{kind}"),
+                    format!("whip-{kind}"),
+                    kind,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: codec(kind).rtp_codec,
+                        ..Default::default()
+                    }],
+                )));
+                let init = RTCRtpTransceiverInit {
+                    direction: Direction::Sendonly,
+                    streams: vec!["whip".into()],
+                    send_encodings: Vec::new(),
+                };
+                pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(init))
+                    .await
+                    .unwrap();
+                tracks.push((track, ssrc, kind));
+            } else {
+                let init = RTCRtpTransceiverInit {
+                    direction: Direction::Recvonly,
+                    streams: Vec::new(),
+                    send_encodings: Vec::new(),
+                };
+                pc.add_transceiver_from_kind(kind, Some(init))
+                    .await
+                    .unwrap();
+            }
+        }
+        OfferingPeer {
+            pc,
+            tracks,
+            received,
+        }
+    }
+
+    /// The offer, set as the local description. No candidates are awaited: the server is
+    /// ICE-lite and learns the client's address from its connectivity checks.
+    pub async fn offer(&self) -> String {
+        let offer = self.pc.create_offer(None).await.unwrap();
+        self.pc.set_local_description(offer).await.unwrap();
+        self.pc.local_description().await.unwrap().sdp
+    }
+
+    pub async fn answer(&self, sdp: &str) {
+        let answer = RTCSessionDescription::answer(sdp.to_string()).unwrap();
+        self.pc.set_remote_description(answer).await.unwrap();
+    }
+
+    /// Send one VP8 frame (a keyframe when `keyframe`) and one Opus frame, as packet `seq`.
+    pub async fn send(&self, seq: u16, keyframe: bool) {
+        for (track, ssrc, kind) in &self.tracks {
+            let (payload, payload_type, step) = match kind {
+                RtpCodecKind::Video => (vp8_payload(keyframe, 200), 96, 3000),
+                _ => (bytes::Bytes::from_static(OPUS_SILENCE), 111, 960),
+            };
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: true,
+                    payload_type,
+                    sequence_number: seq,
+                    timestamp: u32::from(seq).wrapping_mul(step),
+                    ssrc: *ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            // Before the session connects, packets have nowhere to go.
+            let _ = track.write_rtp(packet).await;
+        }
+    }
+
+    fn video_received(&self) -> u64 {
+        self.received.video.load(Ordering::Relaxed)
+    }
+
+    fn audio_received(&self) -> u64 {
+        self.received.audio.load(Ordering::Relaxed)
+    }
+
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+/// A WHIP publisher sending a frame every 33 ms until aborted; a keyframe every 15 frames.
+pub(crate) fn keep_sending(publisher: Arc<OfferingPeer>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seq = 0u16;
+        let mut tick = tokio::time::interval(Duration::from_millis(33));
+        loop {
+            tick.tick().await;
+            publisher.send(seq, seq.is_multiple_of(15)).await;
+            seq = seq.wrapping_add(1);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
+    let s = TestServer::start().await;
+    let room = "whip-stage";
+    // A page's participant is in the (SFU) meeting already.
+    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
+        .await;
+
+    let publisher = Arc::new(OfferingPeer::new(true).await);
+    let offer = publisher.offer().await;
+    let token = s.token("alice", "acme");
+    let path = format!("/whip/{room}?name=Studio");
+    let r = post_offer(s.http, &path, Some(&token), &offer).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/sdp"));
+    let location = r.header("location").unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("/whip/{room}/")),
+        "{location}"
+    );
+    let etag = r.header("etag").unwrap().to_string();
+    assert!(r.body.contains("a=ice-lite"), "{}", r.body);
+    publisher.answer(&r.body).await;
+    let sender = keep_sending(publisher.clone());
+
+    // Bob's page sees the publisher and its two tracks.
+    let studio = loop {
+        let frame = bob.next("meeting.participants").await;
+        let found = (frame["participants"].as_array().unwrap().iter())
+            .find(|p| p["name"] == "Studio")
+            .cloned();
+        if let Some(p) = found.filter(|p| p["tracks"].as_array().unwrap().len() == 2) {
+            break p;
+        }
+    };
+    assert_eq!(studio["user"], "alice");
+    let kinds: Vec<&Value> = (studio["tracks"].as_array().unwrap().iter())
+        .map(|t| &t["kind"])
+        .collect();
+    assert_eq!(kinds, [&json!("audio"), &json!("video")]);
+
+    // A WHEP player receives both.
+    let player = OfferingPeer::new(false).await;
+    let offer = player.offer().await;
+    let r = post_offer(
+        s.http,
+        &format!("/whep/{room}"),
+        Some(&s.token("carol", "acme")),
+        &offer,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let whep_location = r.header("location").unwrap().to_string();
+    player.answer(&r.body).await;
+    let start = Instant::now();
+    while player.video_received() < 20 || player.audio_received() < 20 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the player got {} video and {} audio packets",
+            player.video_received(),
+            player.audio_received()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = &s.shared.metrics.sfu;
+    assert!(metrics.forwarded_packets.get() >= 40);
+
+    // Trickle ICE is taken, an ICE restart is not.
+    let auth = format!("Bearer {token}");
+    let frag =
+        |ufrag: &str| format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:0123456789abcdefghij0123\r\n");
+    let ufrag = offer_ufrag(&publisher.pc.local_description().await.unwrap().sdp);
+    let patch = |body: String, content_type: &'static str, if_match: String| {
+        let (auth, location) = (auth.clone(), location.clone());
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", content_type),
+                ("if-match", if_match.as_str()),
+            ];
+            request(s.http, "PATCH", &location, &headers, &body).await
+        }
+    };
+    let sdpfrag = "application/trickle-ice-sdpfrag";
+    let trickle = format!(
+        "{}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 9999 typ host\r\n",
+        frag(&ufrag)
+    );
+    let r = patch(trickle.clone(), sdpfrag, etag.clone()).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = patch(trickle.clone(), sdpfrag, "\"other\"".into()).await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = patch(trickle, "application/sdp", etag.clone()).await;
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = patch(frag("fresh"), sdpfrag, "*".into()).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("ICE restarts are not supported"),
+        "{}",
+        r.body
+    );
+
+    // DELETE ends the session: the participant leaves the meeting.
+    let other = format!("Bearer {}", s.token("carol", "acme"));
+    let r = request(
+        s.http,
+        "DELETE",
+        &location,
+        &[("authorization", &other)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.status, 404,
+        "only its own user ends a session: {}",
+        r.body
+    );
+    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    loop {
+        let frame = bob.next("meeting.participants").await;
+        let left = (frame["participants"].as_array().unwrap().iter())
+            .any(|p| p["sid"] == studio["sid"] && p["state"] == "left");
+        if left {
+            break;
+        }
+    }
+    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    sender.abort();
+    publisher.close().await;
+
+    let carol = format!("Bearer {}", s.token("carol", "acme"));
+    let r = request(
+        s.http,
+        "DELETE",
+        &whep_location,
+        &[("authorization", &carol)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    player.close().await;
+}
+
+fn offer_ufrag(sdp: &str) -> String {
+    (sdp.lines())
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_why() {
+    let s = TestServer::with(|c| c.meeting_max_participants = 2).await;
+    let publisher = OfferingPeer::new(true).await;
+    let offer = publisher.offer().await;
+    let player = OfferingPeer::new(false).await;
+    let play_offer = player.offer().await;
+    let alice = s.token("alice", "acme");
+    let post = |path: &'static str, token: Option<String>, body: String| async move {
+        post_offer(s.http, path, token.as_deref(), &body).await
+    };
+    let check = |r: Response, status: u16, says: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        assert!(r.body.contains(says), "{:?} does not say {says:?}", r.body);
+        assert!(r.header("content-type").unwrap().starts_with("text/plain"));
+    };
+
+    let r = post("/whip/r1", None, offer.clone()).await;
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    check(r, 401, "Authorization: Bearer");
+    check(
+        post("/whip/r1", Some("nonsense".into()), offer.clone()).await,
+        401,
+        "bad token",
+    );
+    // Another organisation's space.
+    check(
+        post(
+            "/whip/r1?space=_acme",
+            Some(s.token("mallory", "globex")),
+            offer.clone(),
+        )
+        .await,
+        403,
+        "no access to room `r1` of space `_acme`",
+    );
+    let subscriber = s.token_with("sam", "acme", &[Grant::Subscribe], 3600);
+    check(
+        post("/whip/r1", Some(subscriber), offer.clone()).await,
+        403,
+        "publish grant",
+    );
+    let publisher_only = s.token_with("pat", "acme", &[Grant::Publish], 3600);
+    check(
+        post("/whep/r1", Some(publisher_only), play_offer.clone()).await,
+        403,
+        "subscribe grant",
+    );
+    let r = request(
+        s.http,
+        "POST",
+        "/whip/r1",
+        &[
+            ("authorization", &format!("Bearer {alice}")),
+            ("content-type", "text/plain"),
+        ],
+        &offer,
+    )
+    .await;
+    check(r, 415, "application/sdp");
+    check(
+        post("/whip/r1", Some(alice.clone()), "v=0\r\nbroken".into()).await,
+        400,
+        "does not parse",
+    );
+    check(
+        post("/whip/r1", Some(alice.clone()), play_offer.clone()).await,
+        400,
+        "subscribe grant (use sendonly)",
+    );
+    check(
+        post("/whip/r1", Some(alice.clone()), "v".repeat(70 * 1024)).await,
+        413,
+        "at most",
+    );
+
+    // A live mesh meeting is not taken over.
+    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": "mesh", "mode": "mesh"}))
+        .await;
+    check(
+        post("/whip/mesh", Some(alice.clone()), offer.clone()).await,
+        409,
+        "peer to peer",
+    );
+    // A full room (two participants at most).
+    for _ in 0..2 {
+        let peer = OfferingPeer::new(true).await;
+        let r = post("/whip/full", Some(alice.clone()), peer.offer().await).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        peer.close().await;
+    }
+    let again = OfferingPeer::new(true).await;
+    check(
+        post("/whip/full", Some(alice.clone()), again.offer().await).await,
+        503,
+        "full",
+    );
+
+    // The preflight names what the endpoint takes, and whom browsers may let call it.
+    let s = TestServer::with(|c| c.ice_servers = vec!["stun:stun.example.org:3478".into()]).await;
+    let r = request(s.http, "OPTIONS", "/whip/any", &[], "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(r.header("accept-post"), Some("application/sdp"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.headers("link"),
+        ["<stun:stun.example.org:3478>; rel=\"ice-server\""]
+    );
+    publisher.close().await;
+    player.close().await;
+    again.close().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_whip_and_whep() {
+    let s = TestServer::start().await;
+    let (status, doc, _) = crate::api::http(s.http, "GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let paths = &doc["paths"];
+    for endpoint in ["/whip/{room}", "/whep/{room}"] {
+        for method in ["post", "options"] {
+            assert!(paths[endpoint][method].is_object(), "{method} {endpoint}");
+        }
+        let sdp = &paths[endpoint]["post"]["requestBody"]["content"]["application/sdp"];
+        assert!(sdp.is_object(), "{endpoint}: {}", paths[endpoint]);
+        let session = format!("{endpoint}/{{session}}");
+        for method in ["patch", "delete"] {
+            assert!(paths[&session][method].is_object(), "{method} {session}");
+        }
+    }
+}
