@@ -131,6 +131,11 @@ pub struct Config {
     /// SFU: the least time between two keyframe requests to one track, in milliseconds.
     /// Default 1,000; 100 to 60,000.
     pub sfu_keyframe_interval_ms: u64,
+    /// SFU: estimate the bandwidth towards each participant and cap its simulcast layers by
+    /// it. Default off: with it on, media beyond a participant's estimate is queued and then
+    /// dropped (the room does not yet fit what it forwards to the estimate), so a participant
+    /// receiving many videos loses most of them while its estimate grows.
+    pub sfu_bandwidth_estimation: bool,
     /// SFU: media sessions the UDP router knows at most, over all meetings. Default 10,000;
     /// 1 to 1,000,000.
     pub sfu_max_sessions: usize,
@@ -182,6 +187,7 @@ impl Default for Config {
             sfu_advertise: Vec::new(),
             sfu_max_tracks: 200,
             sfu_keyframe_interval_ms: 1_000,
+            sfu_bandwidth_estimation: false,
             sfu_max_sessions: 10_000,
         }
     }
@@ -437,6 +443,7 @@ impl Config {
             max_sessions: self.meeting_max_participants,
             max_tracks: self.sfu_max_tracks,
             keyframe_interval: Duration::from_millis(self.sfu_keyframe_interval_ms),
+            bandwidth_estimation: self.sfu_bandwidth_estimation,
             ..signaling::sfu::RoomConfig::default()
         }
     }

@@ -49,8 +49,14 @@ pub struct RoomConfig {
     pub send_buffer_video: usize,
     /// The same for audio lines (default 100: two seconds of 20 ms Opus packets).
     pub send_buffer_audio: usize,
-    /// The bandwidth assumed towards a new session until its estimate (from transport-wide
-    /// congestion control feedback) says otherwise; it caps the simulcast layers it gets.
+    /// Estimate the bandwidth towards each session (from transport-wide congestion control
+    /// feedback) and cap the simulcast layers it gets by it. Off by default: with it, str0m
+    /// also paces what is sent to a session at the estimate, queueing the rest (up to 2 s,
+    /// then dropping), and the room does not yet keep what it forwards within the estimate,
+    /// so a subscriber of more video than its estimate has grown to (an all-to-all meeting
+    /// of a dozen) loses most of it.
+    pub bandwidth_estimation: bool,
+    /// The bandwidth assumed towards a new session until its estimate says otherwise.
     pub initial_bitrate: u64,
     /// The bandwidth the estimator probes for towards each session (default 4 Mbit/s: the
     /// highest layers of a few videos), so higher layers are taken up once the path allows.
@@ -68,6 +74,7 @@ impl Default for RoomConfig {
             keyframe_interval: Duration::from_secs(1),
             send_buffer_video: 1000,
             send_buffer_audio: 100,
+            bandwidth_estimation: false,
             initial_bitrate: 1_000_000,
             desired_bitrate: 4_000_000,
             speakers: SpeakerConfig::default(),
@@ -292,15 +299,19 @@ impl Room {
             )));
         }
         let creds = IceCreds::new();
+        let estimation =
+            (self.config.bandwidth_estimation).then(|| Bitrate::bps(self.config.initial_bitrate));
         let mut rtc = Rtc::builder()
             .set_crypto_provider(self.crypto.clone())
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
             .set_send_buffer_video(self.config.send_buffer_video)
             .set_send_buffer_audio(self.config.send_buffer_audio)
-            .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate)))
+            .enable_bwe(estimation)
             .build(self.now);
-        (rtc.bwe()).set_bitrate(Bitrate::ZERO, Bitrate::bps(self.config.desired_bitrate));
+        if self.config.bandwidth_estimation {
+            (rtc.bwe()).set_bitrate(Bitrate::ZERO, Bitrate::bps(self.config.desired_bitrate));
+        }
         for addr in &self.config.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(candidate) => {
