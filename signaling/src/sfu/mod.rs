@@ -901,8 +901,11 @@ impl Room {
             }
             // Video goes out in one layer, from a keyframe on.
             let time = if video {
-                let forward = (t.forwards.entry(subscriber.clone()))
-                    .or_insert_with(|| simulcast::Forward::new(layer));
+                // Looked up before inserting: no key is allocated per frame.
+                if !t.forwards.contains_key(subscriber) {
+                    (t.forwards).insert(subscriber.clone(), simulcast::Forward::new(layer));
+                }
+                let forward = (t.forwards.get_mut(subscriber)).expect("inserted above");
                 match forward.admit(layer, keyframe, data.time) {
                     Some(time) => time,
                     None => continue,

@@ -87,8 +87,8 @@ fn a_whip_publishers_frames_reach_a_server_offered_subscriber() {
     assert!(net.clients["obs"].frames.is_empty());
 }
 
-#[test]
-fn a_whep_player_receives_a_publisher_and_switches_when_it_leaves() {
+/// Alice and carol each publish a video track.
+fn alice_and_carol_publish_video() -> Net {
     let mut net = Net::new(RoomConfig::default());
     for name in ["alice", "carol"] {
         net.join(name);
@@ -97,6 +97,12 @@ fn a_whep_player_receives_a_publisher_and_switches_when_it_leaves() {
             .unwrap();
     }
     net.settle();
+    net
+}
+
+#[test]
+fn a_whep_player_receives_a_publisher_and_switches_when_it_leaves() {
+    let mut net = alice_and_carol_publish_video();
     let lines = offer_from(
         &mut net,
         "tv",
@@ -149,13 +155,7 @@ fn a_whep_player_receives_a_publisher_and_switches_when_it_leaves() {
 
 #[test]
 fn a_whep_player_follows_whom_it_is_told() {
-    let mut net = Net::new(RoomConfig::default());
-    for name in ["alice", "carol"] {
-        net.join(name);
-        net.room
-            .publish(name, &format!("{name}-video"), TrackKind::Video)
-            .unwrap();
-    }
+    let mut net = alice_and_carol_publish_video();
     let lines = offer_from(&mut net, "tv", ClientRole::Play, &[MediaKind::Video], None);
     let video = Mid::from(lines[0].0.as_str());
     net.room.subscribe("tv", "alice-video").unwrap();
