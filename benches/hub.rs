@@ -4,10 +4,11 @@
 //!
 //! * `chorus_hub`: one `Hub::publish` of a ~100-byte JSON payload to N subscribed JSON outboxes.
 //!   That assigns the offset, encodes the `message` frame once (`encode_message`), and pushes a
-//!   `Bytes` clone of it into each outbox (outbox mutex, byte accounting, timestamp, `Notify`,
-//!   metrics). Then every outbox is drained the way a connection's writer drains it:
-//!   `Outbox::next_batch`, which is async but returns on its first poll when frames are queued, so
-//!   it is polled once with `now_or_never` (no runtime, no scheduler in the timing).
+//!   `Bytes` clone of it into each outbox (outbox mutex, byte accounting, timestamp, the
+//!   writer's waker, metrics). Then every outbox is drained the way a connection's writer
+//!   drains it: `Outbox::next_batch`, which is async but returns on its first poll when frames
+//!   are queued, so it is polled once with `now_or_never` (no runtime, no scheduler in the
+//!   timing).
 //! * `tokio_broadcast`: the same message encoded once (`encode_message`, so encoding costs the
 //!   same as in the hub), sent as one `Bytes` on a `tokio::sync::broadcast` channel with N
 //!   receivers, and every receiver `try_recv`s it (a `Bytes` clone each). This is the "shared

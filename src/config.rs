@@ -116,9 +116,14 @@ pub struct Config {
     /// Meetings: lifetime of minted TURN credentials, in seconds. Default 86,400; 60 to 604,800.
     pub turn_ttl_secs: u64,
     /// Meetings: a new meeting forwards media through the server (SFU mode) when its space has
-    /// at least this many members, unless its first `meeting.join` chose a `mode`. 0: only
-    /// when chosen. Default 0; 0 to 1,000,000.
+    /// at least this many members, unless its room's `meeting_mode` or its first `meeting.join`
+    /// chose a mode. 0: only when chosen. Default 0; 0 to 1,000,000.
     pub meeting_sfu_from: usize,
+    /// Meetings: a peer-to-peer meeting turns into SFU mode, live and for good, when a join
+    /// brings it to this many participants (a mesh of video peers breaks beyond three or
+    /// four), unless its room's `meeting_mode` or its first `meeting.join` chose `mesh`. Only
+    /// with the SFU running. 0: never. Default 5; 0 to 1,000.
+    pub meeting_sfu_participants: usize,
     /// SFU: the UDP address media sessions use. Default 127.0.0.1:0 (a free port).
     pub sfu_listen: SocketAddr,
     /// SFU: the addresses offered to clients as the server's candidates, as `host` or
@@ -131,10 +136,9 @@ pub struct Config {
     /// SFU: the least time between two keyframe requests to one track, in milliseconds.
     /// Default 1,000; 100 to 60,000.
     pub sfu_keyframe_interval_ms: u64,
-    /// SFU: estimate the bandwidth towards each participant and cap its simulcast layers by
-    /// it. Default off: with it on, media beyond a participant's estimate is queued and then
-    /// dropped (the room does not yet fit what it forwards to the estimate), so a participant
-    /// receiving many videos loses most of them while its estimate grows.
+    /// SFU: estimate the bandwidth towards each participant and keep what it is sent within
+    /// the estimate (lower simulcast layers, then paused video; audio always). Default off:
+    /// on a loaded machine, late feedback keeps estimates low and videos paused.
     pub sfu_bandwidth_estimation: bool,
     /// SFU: media sessions the UDP router knows at most, over all meetings. Default 10,000;
     /// 1 to 1,000,000.
@@ -183,6 +187,7 @@ impl Default for Config {
             turn_secret: None,
             turn_ttl_secs: 86_400,
             meeting_sfu_from: 0,
+            meeting_sfu_participants: 5,
             sfu_listen: "127.0.0.1:0".parse().expect("valid address"),
             sfu_advertise: Vec::new(),
             sfu_max_tracks: 200,
@@ -329,6 +334,12 @@ impl Config {
             0,
             1_000_000,
         )?;
+        in_range(
+            "meeting_sfu_participants",
+            self.meeting_sfu_participants as u64,
+            0,
+            1_000,
+        )?;
         in_range("sfu_max_tracks", self.sfu_max_tracks as u64, 1, 10_000)?;
         in_range(
             "sfu_keyframe_interval_ms",
@@ -433,6 +444,7 @@ impl Config {
         signaling::Config {
             grace_ms: self.meeting_grace_ms,
             max_participants: self.meeting_max_participants,
+            sfu_participants: self.meeting_sfu_participants,
         }
     }
 

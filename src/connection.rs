@@ -196,7 +196,7 @@ impl Conn {
 
     async fn read_loop<R: FrameReader>(&mut self, mut reader: R, metrics: &TransportMetrics) {
         let shutdown = self.shared.shutdown.clone();
-        let closed = self.outbox.closed_token();
+        let outbox = self.outbox.clone();
         let mailbox = self.mailbox.clone();
         // Made by the first `chat.*` request: most connections never send one.
         let mut in_flight: Option<InFlight> = None;
@@ -242,7 +242,7 @@ impl Conn {
                     }
                 }
                 _ = shutdown.cancelled(), if !self.session.is_closed() => self.session.shutdown(),
-                _ = closed.cancelled() => return,
+                _ = outbox.closed() => return,
             }
             if self.drain_outputs(&mut in_flight).await {
                 return;
@@ -474,7 +474,6 @@ pub(crate) async fn write_loop<W: FrameWriter>(
     shared: Arc<Shared>,
 ) {
     let mut batch = VecDeque::new();
-    let aborted = outbox.aborted_token();
     loop {
         match outbox.next_batch(&mut batch).await {
             Batch::Frames(oldest) => {
@@ -482,14 +481,17 @@ pub(crate) async fn write_loop<W: FrameWriter>(
                 let (frames, bytes) = (batch.iter()).fold((0u64, 0usize), |(n, b), f| {
                     (n + u64::from(!f.is_empty()), b + f.len())
                 });
+                // The write first: it usually completes at once, and then nothing waits on
+                // the abort.
                 let written = tokio::select! {
+                    biased;
                     r = writer.write_batch(&mut batch) => r,
                     // A slow consumer's socket may never drain: stop waiting for it.
-                    _ = aborted.cancelled() => Err(std::io::ErrorKind::TimedOut.into()),
+                    () = outbox.aborted() => Err(std::io::ErrorKind::TimedOut.into()),
                 };
                 batch.clear();
                 if let Err(e) = written {
-                    if aborted.is_cancelled() {
+                    if outbox.is_aborted() {
                         // Closed as a slow consumer mid-write: still try to say why.
                         continue;
                     }

@@ -253,6 +253,7 @@ pub fn shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         shutdown.clone(),
         tasks.clone(),
     );
+    chat.set_listener(Arc::new(meetings.clone()));
     Ok(Arc::new(Shared {
         meetings,
         bus: Arc::new(LocalBus::new(hub.clone())),

@@ -124,6 +124,7 @@ function renderState(t, tracks) {
   const badges = [];
   if (mic?.muted) badges.push("microphone off");
   if (cam?.muted) badges.push("camera off");
+  if (t.el.dataset.paused) badges.push("video paused: low bandwidth");
   t.el.querySelector(".badges").textContent = badges.join(" · ");
 }
 
@@ -277,6 +278,13 @@ function wire(meeting, client) {
     if (self) renderState(self, meeting.localTracks().map((t) => t.meta));
     renderControls();
   });
+  meeting.on("paused", ({ participant, track, paused }) => {
+    const t = tiles.get(track.source === "screen_share" ? `${participant.sid}:screen` : participant.sid);
+    if (!t) return;
+    if (paused) t.el.dataset.paused = "bandwidth";
+    else delete t.el.dataset.paused;
+    renderState(t, meeting.participants.get(participant.sid)?.tracks ?? []);
+  });
   meeting.on("speakers", ({ speakers }) => {
     // The loudest speaker's tile is highlighted (the others' tiles are not).
     const top = speakers[0]?.participant;
@@ -292,6 +300,7 @@ function wire(meeting, client) {
     for (const key of [...tiles.keys()]) dropTile(key);
     for (const b of [ui.mic, ui.camera, ui.screen, ui.leave]) b.disabled = true;
   });
+  meeting.on("mode", updateStatus);
   meeting.on("connection", ({ state }) => {
     if (state === "reconnecting") status("Connection lost, reconnecting…");
     else updateStatus();
@@ -309,7 +318,10 @@ function wire(meeting, client) {
 function updateStatus() {
   if (!meeting || meeting.state !== "joined") return;
   const n = meeting.participants.size;
-  status(n === 0 ? "In the meeting · nobody else is here yet" : `In the meeting · ${n} other${n === 1 ? "" : "s"}`);
+  const others = n === 0 ? "nobody else is here yet" : `${n} other${n === 1 ? "" : "s"}`;
+  const via = meeting.mode === "sfu" ? "through the server" : "peer to peer";
+  status(`In the meeting · ${others} · ${via}`);
+  document.body.dataset.mode = meeting.mode;
 }
 
 function fail(text) {

@@ -8,6 +8,8 @@
 //   answered with `meeting.answer`); each offer's `media` says which track every m-line carries
 //   and whose it is. Lines of our own tracks get the local track (sendonly); the others are
 //   received tracks.
+// A mesh meeting may turn into SFU mode while it runs (`meeting.mode`, never back): the peer
+// connections close, the published tracks stay published and go on the server's lines.
 //
 // Negotiation is "perfect negotiation" per pair: either side may offer at any time; on a
 // collision the polite peer (the one whose sid compares greater) rolls back and answers, the
@@ -97,8 +99,13 @@ function streamGroup(source) {
  * - `connection` ({state}): `reconnecting` while the session is lost, `joined` once back;
  * - `peer-state` ({participant, state}): a peer connection's `connectionState` changed (in
  *   SFU mode the one connection with the server: `participant` is null);
+ * - `mode` ({mode}): the meeting turned into SFU mode (`sfu`) while it runs; the remote
+ *   tracks end and arrive again through the server;
  * - `speakers` ({speakers}): SFU mode, who speaks now, loudest first: `[{participant, level}]`
  *   with `level` from 0 to 100 (an empty list: nobody);
+ * - `paused` ({participant, track, paused, reason}): SFU mode, the server stopped (`paused`
+ *   true) or resumed forwarding a remote video `track` (its meta) of `participant` to this
+ *   page, for `reason` (`bandwidth`: it does not fit the bandwidth estimated towards you);
  * - `error` ({error, context}): a failure outside any call (signalling, resume).
  */
 export class Meeting extends Emitter {
@@ -119,7 +126,7 @@ export class Meeting extends Emitter {
     this.space = options.space;
     this.name = options.name;
     this.requestedMode = options.mode;
-    /** `mesh` | `sfu`: how the meeting carries media, from the join reply. */
+    /** `mesh` | `sfu`: how the meeting carries media, from the join reply or `meeting.mode`. */
     this.mode = null;
     /** This participant as the server sees it (`sid`, `tracks`, ...), once joined. */
     this.self = null;
@@ -178,8 +185,9 @@ export class Meeting extends Emitter {
     if (!SOURCES.includes(source)) throw new ChorusError("invalid_request", `unknown source \`${source}\``);
     const muted = Boolean(options.muted);
     // Through the SFU the camera goes out in simulcast layers (15.7), so each receiver gets
-    // the size it shows; a screen share keeps its one full-size encoding.
-    const simulcast = this.mode === "sfu" && source === "camera" && track.kind === "video";
+    // the size it shows; a screen share keeps its one full-size encoding. Asked in a mesh too,
+    // for a switch to SFU mode.
+    const simulcast = source === "camera" && track.kind === "video";
     const { track: meta } = await this.client.request(
       "meeting.publish",
       this.#fields({ cid: track.id, kind: track.kind, source, muted, ...(simulcast ? { simulcast } : {}) }),
@@ -335,9 +343,23 @@ export class Meeting extends Emitter {
       c.on("meeting.offer", (f) => {
         if (this.#ours(f) && this.state === "joined") this.#server?.handleOffer(f);
       }),
+      c.on("meeting.mode", (f) => {
+        if (this.#ours(f) && this.state === "joined" && f.mode === "sfu" && this.mode !== "sfu") {
+          this.mode = "sfu";
+          this.#startServer();
+          this.emit("mode", { mode: this.mode });
+        }
+      }),
       c.on("meeting.muted", (f) => this.#ours(f) && this.#onMuted(f)),
       c.on("meeting.layers", (f) => {
         if (this.#ours(f) && this.state === "joined") this.#server?.setLayers(f.track, f.active);
+      }),
+      c.on("meeting.paused", (f) => {
+        if (!this.#ours(f) || this.state !== "joined") return;
+        const live = this.#server?.live.get(f.track);
+        if (!live) return;
+        const participant = this.participants.get(live.from) ?? { sid: live.from };
+        this.emit("paused", { participant, track: live.meta, paused: f.paused, reason: f.reason });
       }),
       c.on("meeting.speakers", (f) => {
         if (this.#ours(f) && this.state === "joined") this.emit("speakers", { speakers: f.speakers });
@@ -372,11 +394,8 @@ export class Meeting extends Emitter {
     }));
     this.state = "joined";
     this.mode = reply.mode ?? "mesh";
-    if (this.mode === "sfu") {
-      // A join or a resume starts a new connection with the server; its offer follows.
-      this.#closeServer();
-      this.#server = new ServerSession(this);
-    }
+    // A join or a resume starts a new connection with the server; its offer follows.
+    if (this.mode === "sfu") this.#startServer();
     const present = new Set(reply.participants.map((p) => p.sid));
     for (const [sid, p] of [...this.participants]) {
       if (!present.has(sid)) this.#removeParticipant({ ...p, state: "left" });
@@ -483,6 +502,16 @@ export class Meeting extends Emitter {
     peer.close();
   }
 
+  /**
+   * Sfu mode: a new connection with the server, whose offer follows. Peer connections of a
+   * mesh (the meeting switched) close: their received tracks end.
+   */
+  #startServer() {
+    for (const sid of [...this.#peers.keys()]) this.#closePeer(sid);
+    this.#closeServer();
+    this.#server = new ServerSession(this);
+  }
+
   /** Sfu mode: close the connection with the server; its received tracks end. */
   #closeServer() {
     const server = this.#server;
@@ -497,7 +526,7 @@ export class Meeting extends Emitter {
   }
 
   #onSignal(frame) {
-    if (this.state !== "joined") return;
+    if (this.state !== "joined" || this.mode === "sfu") return;
     let peer = this.#peers.get(frame.from);
     // The offer may come before the participant list names its sender.
     if (!peer) peer = this.#createPeer(frame.from);
@@ -574,7 +603,8 @@ export class Meeting extends Emitter {
       if (this.#outbox.length < 256) this.#outbox.push([to, kind, fields]);
       return;
     }
-    if (this.state !== "joined") return;
+    // A peer connection closed by a switch to SFU mode may still be negotiating.
+    if (this.state !== "joined" || this.mode === "sfu") return;
     this.client.request("meeting.signal", this.#fields({ to, kind, ...fields })).catch((error) => {
       // The participant left meanwhile: its peer goes with the next participant update.
       if (error.code === "not_found" || error.code === "closed") return;

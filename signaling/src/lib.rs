@@ -9,7 +9,8 @@
 //!   [`Meeting::poll_output`], the next deadline out of [`Meeting::poll_timeout`].
 //! * [`sfu::Room`] is the media of a meeting in SFU mode: a `str0m` session per participant,
 //!   published tracks forwarded to subscribers without decoding, the server offering every
-//!   change. A meeting made [`Meeting::with_sfu`] drives it from its requests.
+//!   change. A meeting made [`Meeting::with_sfu`] drives it from its requests; a mesh
+//!   meeting turns into one live with [`Meeting::switch_to_sfu`] (never back).
 //! * [`wire`] holds the messages as they travel (requests, frames, participants, tracks).
 //! * [`sdp`] checks an SDP's media directions against a participant's grants.
 //! * [`turn`] mints time-limited TURN credentials.
@@ -33,6 +34,7 @@
 //!         Output::Broadcast { conns, frame } => { /* encode once, queue to each */ }
 //!         Output::Presence { conn, in_meeting } => { /* tell presence */ }
 //!         Output::Route { ufrag, open } => { /* SFU mode: route its datagrams here */ }
+//!         Output::SwitchToSfu => { /* give it a `sfu::Room` with `switch_to_sfu`, if one runs */ }
 //!     }
 //! }
 //! ```

@@ -6,7 +6,7 @@ use crate::sdp::{SdpError, check_sdp};
 use crate::sfu::{Room, RoomError};
 use crate::wire::{
     ActiveSpeaker, Candidate, Grants, JoinReply, LeftReason, MeetingFrame, MeetingMode,
-    Participant, ParticipantState, SignalKind, Track, TrackKind, TrackSource,
+    Participant, ParticipantState, PauseReason, SignalKind, Track, TrackKind, TrackSource,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -37,6 +37,9 @@ pub struct Config {
     pub grace_ms: Millis,
     /// Active and reconnecting participants at most.
     pub max_participants: usize,
+    /// A mesh meeting asks to turn into SFU mode ([`Output::SwitchToSfu`]) once it has this
+    /// many active and reconnecting participants. 0: never.
+    pub sfu_participants: usize,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
         Config {
             grace_ms: 20_000,
             max_participants: 50,
+            sfu_participants: 0,
         }
     }
 }
@@ -115,6 +119,9 @@ pub enum Output {
     /// SFU mode: route the datagrams whose STUN username names `ufrag` to this meeting
     /// (`open`), or no longer.
     Route { ufrag: String, open: bool },
+    /// The mesh meeting reached `sfu_participants`: hand it a media room with
+    /// [`Meeting::switch_to_sfu`], or it stays peer to peer. Asked once per threshold set.
+    SwitchToSfu,
 }
 
 struct Member {
@@ -145,6 +152,8 @@ pub struct Meeting {
     outputs: VecDeque<Output>,
     /// The media room, in SFU mode.
     sfu: Option<Room>,
+    /// `Output::SwitchToSfu` was queued for the current threshold.
+    switch_asked: bool,
 }
 
 impl Meeting {
@@ -164,6 +173,7 @@ impl Meeting {
             gone: BTreeMap::new(),
             outputs: VecDeque::new(),
             sfu: None,
+            switch_asked: false,
         }
     }
 
@@ -172,6 +182,52 @@ impl Meeting {
     pub fn with_sfu(mut self, room: Room) -> Meeting {
         self.sfu = Some(room);
         self
+    }
+
+    /// Turn into SFU mode from `participants` participants on (0: never), as
+    /// `Config::sfu_participants`; a meeting that has that many already asks at once.
+    pub fn set_sfu_participants(&mut self, participants: usize) {
+        self.config.sfu_participants = participants;
+        self.switch_asked = false;
+        self.ask_switch();
+    }
+
+    /// Turn this mesh meeting into SFU mode, for good: every participant gets a session of
+    /// `room` sending its tracks and receiving the others', and a `meeting.mode` frame (after
+    /// the participant changes not sent yet), then the room's offer. On an error (the room's
+    /// limits) the meeting stays peer to peer.
+    pub fn switch_to_sfu(&mut self, room: Room) -> Result<(), Error> {
+        if self.sfu.is_some() {
+            return Err(Error::Invalid(
+                "this meeting forwards media through the server already".into(),
+            ));
+        }
+        self.sfu = Some(room);
+        let sids: Vec<String> = self.members.keys().cloned().collect();
+        let attached = sids
+            .iter()
+            .try_for_each(|sid| {
+                let room = self.sfu.as_mut().expect("set above");
+                room.add_participant(sid).map_err(Error::from)
+            })
+            .and_then(|()| sids.iter().try_for_each(|sid| self.publish_media(sid)));
+        if let Err(e) = attached {
+            self.sfu = None;
+            return Err(e);
+        }
+        self.flush();
+        let conns: Vec<ConnId> = self.members.values().filter_map(|m| m.conn).collect();
+        if !conns.is_empty() {
+            self.outputs.push_back(Output::Broadcast {
+                conns,
+                frame: MeetingFrame::Mode {
+                    space: self.space.clone(),
+                    room: self.room.clone(),
+                    mode: MeetingMode::Sfu,
+                },
+            });
+        }
+        Ok(())
     }
 
     pub fn mode(&self) -> MeetingMode {
@@ -310,6 +366,7 @@ impl Meeting {
         self.members.insert(sid.clone(), member);
         self.bind(conn, &sid, current.is_none());
         self.subscribe_all(&sid)?;
+        self.ask_switch();
         Ok(self.reply(&sid))
     }
 
@@ -551,16 +608,15 @@ impl Meeting {
 
     /// SFU mode: connection `conn`'s participant sends its video track `track` (just
     /// published) in simulcast layers, so the server's line for it asks for them. In a mesh,
-    /// nothing to do.
+    /// only remembered (for a switch to SFU mode).
     pub fn simulcast(&mut self, conn: ConnId, track: &str) -> Result<(), Error> {
         let me = self.active(conn)?;
         if !self.members[&me].info.tracks.iter().any(|t| t.sid == track) {
             return Err(Error::NotFound(format!("you publish no track {track}")));
         }
-        let Some(room) = &mut self.sfu else {
-            return Ok(());
-        };
-        room.simulcast(track)?;
+        if let Some(room) = &mut self.sfu {
+            room.simulcast(track)?;
+        }
         self.member_mut(&me).layered.insert(track.to_string());
         Ok(())
     }
@@ -761,6 +817,21 @@ impl Meeting {
                 },
             });
         }
+        while let Some(paused) = room.poll_paused() {
+            let Some(conn) = self.members.get(&paused.participant).and_then(|m| m.conn) else {
+                continue;
+            };
+            self.outputs.push_back(Output::Send {
+                conn,
+                frame: MeetingFrame::Paused {
+                    space: self.space.clone(),
+                    room: self.room.clone(),
+                    track: paused.track,
+                    paused: paused.paused,
+                    reason: PauseReason::Bandwidth,
+                },
+            });
+        }
         if let Some(speakers) = room.poll_speakers() {
             let conns: Vec<ConnId> = self.members.values().filter_map(|m| m.conn).collect();
             self.outputs.push_back(Output::Broadcast {
@@ -802,6 +873,16 @@ impl Meeting {
         };
         room.add_participant(sid)?;
         // Replacing the session unpublished its tracks: they come back, to everyone.
+        self.publish_media(sid)?;
+        self.subscribe_all(sid)
+    }
+
+    /// SFU mode: the room carries participant `sid`'s tracks (in their layers) to every other
+    /// participant that may receive them.
+    fn publish_media(&mut self, sid: &str) -> Result<(), Error> {
+        let Some(room) = &mut self.sfu else {
+            return Ok(());
+        };
         let tracks: Vec<(String, TrackKind)> = (self.members[sid].info.tracks.iter())
             .map(|t| (t.sid.clone(), t.kind))
             .collect();
@@ -814,7 +895,16 @@ impl Meeting {
         for (track, _) in &tracks {
             self.subscribe_others(sid, track)?;
         }
-        self.subscribe_all(sid)
+        Ok(())
+    }
+
+    /// Queue `Output::SwitchToSfu` if this mesh meeting reached its threshold (once).
+    fn ask_switch(&mut self) {
+        let at = self.config.sfu_participants;
+        if self.sfu.is_none() && !self.switch_asked && at > 0 && self.members.len() >= at {
+            self.switch_asked = true;
+            self.outputs.push_back(Output::SwitchToSfu);
+        }
     }
 
     /// SFU mode: participant `sid` receives every track of the others, if it may.

@@ -31,6 +31,10 @@ struct Sim {
     presence: Vec<(ConnId, bool)>,
     /// Media routes opened (`true`) and closed, in order.
     routes: Vec<(String, bool)>,
+    /// How often the meeting asked to switch to SFU mode.
+    switches: usize,
+    /// Whether an SFU runs: a switch asked for gets a room.
+    sfu_runs: bool,
 }
 
 impl Sim {
@@ -41,6 +45,8 @@ impl Sim {
             inbox: HashMap::new(),
             presence: Vec::new(),
             routes: Vec::new(),
+            switches: 0,
+            sfu_runs: true,
         }
     }
 
@@ -48,6 +54,7 @@ impl Sim {
         Sim::new(Config {
             grace_ms: 10_000,
             max_participants: 50,
+            sfu_participants: 0,
         })
     }
 
@@ -85,6 +92,12 @@ impl Sim {
                 }
                 Output::Presence { conn, in_meeting } => self.presence.push((conn, in_meeting)),
                 Output::Route { ufrag, open } => self.routes.push((ufrag, open)),
+                Output::SwitchToSfu => {
+                    self.switches += 1;
+                    if self.sfu_runs {
+                        self.meeting.switch_to_sfu(room()).unwrap();
+                    }
+                }
             }
         }
     }
@@ -312,6 +325,7 @@ fn without_grace_a_closed_connection_leaves_at_once() {
     let mut sim = Sim::new(Config {
         grace_ms: 0,
         max_participants: 50,
+        sfu_participants: 0,
     });
     sim.join(1, "alice");
     sim.join(2, "bob");
@@ -760,6 +774,7 @@ fn limits() {
     let mut sim = Sim::new(Config {
         grace_ms: 1_000,
         max_participants: 2,
+        sfu_participants: 0,
     });
     let a = sim.join(1, "alice");
     sim.join(2, "bob");
@@ -868,17 +883,39 @@ fn a_meeting_is_empty_once_everyone_is_gone() {
     assert!(sim.meeting.is_empty());
 }
 
-fn sfu() -> Sim {
-    let mut sim = Sim::default();
-    let room = crate::sfu::Room::new(
+/// A media room as the server makes it.
+fn room() -> crate::sfu::Room {
+    crate::sfu::Room::new(
         crate::sfu::RoomConfig {
             candidates: vec!["127.0.0.1:7702".parse().unwrap()],
             ..Default::default()
         },
         std::time::Instant::now(),
-    );
-    sim.meeting = Meeting::new("_acme", "standup", "t", Config::default()).with_sfu(room);
+    )
+}
+
+fn sfu() -> Sim {
+    let mut sim = Sim::default();
+    sim.meeting = Meeting::new("_acme", "standup", "t", Config::default()).with_sfu(room());
     sim
+}
+
+/// A mesh meeting that turns into SFU mode at its third participant.
+fn switching() -> Sim {
+    Sim::new(Config {
+        sfu_participants: 3,
+        ..Config::default()
+    })
+}
+
+/// The `meeting.mode` frames among `frames`.
+fn modes(frames: &[MeetingFrame]) -> Vec<MeetingMode> {
+    (frames.iter())
+        .filter_map(|f| match f {
+            MeetingFrame::Mode { mode, .. } => Some(*mode),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The offers in `frames`, as (sdp, [(track, publisher)]).
@@ -1115,4 +1152,115 @@ fn sfu_publishers_are_asked_for_simulcast_and_layouts_are_checked() {
         mesh.meeting.layout(1, &track, 10, 10),
         Err(Error::Invalid(_))
     ));
+}
+
+#[test]
+fn a_join_that_reaches_the_threshold_switches_the_meeting_to_sfu() {
+    let mut sim = switching();
+    let alice = sim.join(1, "alice");
+    let camera = (sim.meeting)
+        .publish(1, "cam", TrackKind::Video, TrackSource::Camera, false)
+        .unwrap()
+        .sid;
+    sim.meeting.simulcast(1, &camera).unwrap();
+    let bob = sim.join(2, "bob");
+    let mic = sim.publish(2, "mic").unwrap();
+    sim.offer(1, &bob, &sdp("sendrecv", false)).unwrap();
+    assert_eq!((sim.switches, sim.meeting.mode()), (0, MeetingMode::Mesh));
+    assert!(sim.routes.is_empty());
+    sim.take(1);
+    sim.take(2);
+
+    let carol = sim.join_as(3, "carol", ALL, None).unwrap();
+    // The reply was made before the switch; the frames after it tell.
+    assert_eq!(carol.mode, MeetingMode::Mesh);
+    assert_eq!((sim.switches, sim.meeting.mode()), (1, MeetingMode::Sfu));
+    assert_eq!(sim.routes.len(), 3, "a session for each participant");
+    for conn in [1, 2, 3] {
+        let frames = sim.take(conn);
+        // Carol's arrival first, then the mode, then the server's offer.
+        assert!(
+            matches!(frames[0], MeetingFrame::Participants { .. }),
+            "{frames:?}"
+        );
+        assert_eq!(modes(&frames), [MeetingMode::Sfu]);
+        assert!(matches!(frames[1], MeetingFrame::Mode { .. }));
+        let offered = offers(&frames[2..]);
+        assert_eq!(offered.len(), 1, "{conn}: {frames:?}");
+        // Everyone's session carries both tracks: its own to send, the others' to receive.
+        let mut lines = offered[0].1.clone();
+        lines.sort();
+        let mut expected = vec![(camera.clone(), alice.clone()), (mic.clone(), bob.clone())];
+        expected.sort();
+        // Alice sends her camera in the layers she published it with.
+        assert_eq!(offered[0].0.contains("a=simulcast:recv q;h;f"), conn == 1);
+        assert_eq!(lines, expected, "{conn}");
+    }
+    // Peer-to-peer signalling is over; answers go to the server.
+    let e = (sim.meeting).signal(
+        1,
+        &bob,
+        SignalKind::Offer,
+        Some(sdp("sendrecv", false)),
+        None,
+    );
+    assert!(matches!(e, Err(Error::Invalid(_))));
+}
+
+#[test]
+fn no_switch_below_the_threshold_and_none_back() {
+    let mut sim = switching();
+    sim.join(1, "alice");
+    sim.join(2, "bob");
+    // Leaving and joining again never reaches three at once.
+    sim.meeting.leave(2, None).unwrap();
+    sim.join(3, "bob");
+    sim.drain();
+    assert_eq!((sim.switches, sim.meeting.mode()), (0, MeetingMode::Mesh));
+    for conn in [1, 3] {
+        assert!(modes(&sim.take(conn)).is_empty());
+    }
+    sim.join(4, "carol");
+    assert_eq!((sim.switches, sim.meeting.mode()), (1, MeetingMode::Sfu));
+    // Back to one participant, or the threshold lifted: the meeting stays in SFU mode.
+    sim.meeting.leave(3, None).unwrap();
+    sim.meeting.leave(4, None).unwrap();
+    sim.meeting.set_sfu_participants(0);
+    sim.join(5, "dave");
+    sim.drain();
+    assert_eq!((sim.switches, sim.meeting.mode()), (1, MeetingMode::Sfu));
+    assert!(modes(&sim.take(1)).iter().all(|m| *m == MeetingMode::Sfu));
+    assert!(modes(&sim.take(5)).is_empty());
+    let again = sim.meeting.switch_to_sfu(room());
+    assert!(matches!(again, Err(Error::Invalid(_))));
+}
+
+#[test]
+fn a_threshold_set_live_switches_at_once_and_none_never_switches() {
+    let mut sim = Sim::default();
+    sim.join(1, "alice");
+    sim.join(2, "bob");
+    // No threshold: a crowd stays peer to peer.
+    for conn in 3..8 {
+        sim.join(conn, &format!("user{conn}"));
+    }
+    assert_eq!((sim.switches, sim.meeting.mode()), (0, MeetingMode::Mesh));
+    // A room set to SFU mode: the meeting switches at once.
+    sim.meeting.set_sfu_participants(1);
+    sim.drain();
+    assert_eq!((sim.switches, sim.meeting.mode()), (1, MeetingMode::Sfu));
+    for conn in 1..8 {
+        assert_eq!(modes(&sim.take(conn)), [MeetingMode::Sfu]);
+    }
+}
+
+#[test]
+fn without_an_sfu_the_meeting_stays_mesh_and_asks_once() {
+    let mut sim = switching();
+    sim.sfu_runs = false;
+    for conn in 1..6 {
+        sim.join(conn, &format!("user{conn}"));
+    }
+    assert_eq!((sim.switches, sim.meeting.mode()), (1, MeetingMode::Mesh));
+    assert!(modes(&sim.take(1)).is_empty());
 }

@@ -44,6 +44,14 @@ pub enum ParticipantState {
     Left,
 }
 
+/// Why the server paused forwarding a track to a participant (SFU mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The bandwidth estimated towards the participant does not fit the track's lowest layer.
+    Bandwidth,
+}
+
 /// Why a participant left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -167,7 +175,7 @@ pub struct JoinReply {
     pub grants: Grants,
     /// Filled in by the server from its configuration.
     pub ice_servers: Vec<IceServer>,
-    /// How the meeting carries media, chosen when it was created.
+    /// How the meeting carries media now (a `meeting.mode` frame tells a later switch).
     #[serde(default)]
     pub mode: MeetingMode,
 }
@@ -417,6 +425,14 @@ pub enum MeetingFrame {
         muted: bool,
         by: String,
     },
+    /// The meeting turned into SFU mode (it never turns back): close the peer connections
+    /// with the other participants and answer the server's `meeting.offer`, which follows.
+    #[serde(rename = "meeting.mode")]
+    Mode {
+        space: String,
+        room: String,
+        mode: MeetingMode,
+    },
     /// The receiver is out of the meeting.
     /// SFU mode, to a publisher: send only these simulcast layers (rids) of `track`.
     #[serde(rename = "meeting.layers")]
@@ -425,6 +441,16 @@ pub enum MeetingFrame {
         room: String,
         track: String,
         active: Vec<String>,
+    },
+    /// SFU mode, to a subscriber: the server stopped (`paused`) or started again
+    /// forwarding `track` to it, for `reason`.
+    #[serde(rename = "meeting.paused")]
+    Paused {
+        space: String,
+        room: String,
+        track: String,
+        paused: bool,
+        reason: PauseReason,
     },
     /// SFU mode, to everyone: who speaks now, loudest first.
     #[serde(rename = "meeting.speakers")]

@@ -196,6 +196,9 @@ struct CreateRoomBody {
 struct UpdateRoomBody {
     name: Option<String>,
     archived: Option<bool>,
+    /// How the room's meetings carry media: `auto`, `mesh` or `sfu` (owners and managers).
+    #[schema(value_type = Option<String>, example = "sfu")]
+    meeting_mode: Option<crate::store::MeetingSetting>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -315,8 +318,10 @@ async fn update_room(
     b: Result<Json<UpdateRoomBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let ((space, room), b) = (path(p)?, body(b)?);
-    if b.name.is_none() && b.archived.is_none() {
-        return Err(bad_request("give `name`, `archived` or both"));
+    if b.name.is_none() && b.archived.is_none() && b.meeting_mode.is_none() {
+        return Err(bad_request(
+            "give `name`, `archived`, `meeting_mode` or several",
+        ));
     }
     let mut reply = Json(Value::Null);
     if let Some(name) = b.name {
@@ -326,6 +331,16 @@ async fn update_room(
             space,
             room,
             name,
+        };
+        reply = run(&shared, &claims, request).await?;
+    }
+    if let Some(meeting_mode) = b.meeting_mode {
+        let (space, room) = (space.clone(), room.clone());
+        let request = ChatRequest::SetMeetingMode {
+            id: 0,
+            space,
+            room,
+            meeting_mode,
         };
         reply = run(&shared, &claims, request).await?;
     }

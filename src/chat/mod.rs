@@ -13,8 +13,8 @@ use crate::hub::{Attach, Hub, Outbox};
 use crate::protocol::{ChatRequest, ErrorCode, Position};
 use crate::spaces::{ServiceError, Spaces, random_id};
 use crate::store::{
-    ChatEvent, ChatFeed, ChatStore, EventKind, Message, NewMessage, Page, Room, RoomMember,
-    RoomUpdate, SearchQuery,
+    ChatEvent, ChatFeed, ChatStore, EventKind, MeetingSetting, Message, NewMessage, Page, Room,
+    RoomMember, RoomUpdate, SearchQuery,
 };
 use crate::users::Users;
 use dashmap::DashMap;
@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 impl From<Invalid> for ServiceError {
     fn from(e: Invalid) -> Self {
@@ -127,8 +127,14 @@ impl Ctx {
     }
 }
 
+/// Told of every committed change of a room's meeting mode (the live meeting follows it).
+pub trait RoomListener: Send + Sync + 'static {
+    fn meeting_mode_set(&self, space: &str, room: &str, mode: MeetingSetting);
+}
+
 pub struct Chat {
     store: Arc<dyn ChatStore>,
+    listener: OnceLock<Arc<dyn RoomListener>>,
     hub: Arc<Hub>,
     limits: ChatLimits,
     /// Rooms by `space/room`. Misses are not cached.
@@ -143,11 +149,29 @@ impl Chat {
         store.set_feed(Arc::new(HubFeed { hub: hub.clone() }));
         Chat {
             store,
+            listener: OnceLock::new(),
             hub,
             limits,
             cache: DashMap::new(),
             generations: DashMap::new(),
         }
+    }
+
+    /// Tell `listener` of every room's meeting mode set from now on (once, at start).
+    pub fn set_listener(&self, listener: Arc<dyn RoomListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    /// The meeting mode of `room` in `space`, for a caller already authorized to read it.
+    pub async fn meeting_mode(
+        &self,
+        space: &str,
+        room: &str,
+    ) -> Result<MeetingSetting, ServiceError> {
+        let entry = self.entry(space, room).await?;
+        let entry = entry
+            .ok_or_else(|| ServiceError::new(ErrorCode::NotFound, format!("no room {room}")))?;
+        Ok(entry.room.meeting_mode)
     }
 
     fn generation(&self, key: &str) -> u64 {
@@ -389,6 +413,22 @@ impl Chat {
                     ..RoomUpdate::default()
                 };
                 self.update(spaces, claims, space, room, update).await?
+            }
+            ChatRequest::SetMeetingMode {
+                space,
+                room,
+                meeting_mode,
+                ..
+            } => {
+                let update = RoomUpdate {
+                    meeting_mode: Some(*meeting_mode),
+                    ..RoomUpdate::default()
+                };
+                let reply = self.update(spaces, claims, space, room, update).await?;
+                if let Some(listener) = self.listener.get() {
+                    listener.meeting_mode_set(space, room, *meeting_mode);
+                }
+                reply
             }
             ChatRequest::ArchiveRoom {
                 space,
@@ -732,6 +772,7 @@ impl Chat {
             head: 0,
             created_by: claims.sub.clone(),
             created_ms: now_ms,
+            meeting_mode: MeetingSetting::Auto,
         };
         let owner = RoomMember {
             space: space.to_string(),
@@ -846,6 +887,7 @@ impl Chat {
             head: 0,
             created_by: claims.sub.clone(),
             created_ms: now_ms,
+            meeting_mode: MeetingSetting::Auto,
         };
         let (room, created) = self.store.open_direct(room, members, key).await?;
         self.invalidate(space, &room.id);

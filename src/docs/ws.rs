@@ -85,13 +85,12 @@ pub async fn run(shared: Arc<Shared>, upgraded: Upgraded, request: Request, perm
         tracing::debug!(parent: &span, error = %e.message, "viewer not shown in presence");
     }
     let writer = tokio::spawn(write_loop(writer, outbox.clone()));
-    let closed = outbox.closed_token();
     let activity_every = Duration::from_millis(shared.config.presence_idle_timeout_ms / 10);
     let mut last_activity = Instant::now();
     loop {
         let message = tokio::select! {
             m = reader.next_message() => m,
-            _ = closed.cancelled() => break,
+            _ = outbox.closed() => break,
             _ = shared.shutdown.cancelled() => {
                 outbox.close(CloseReason::graceful(ErrorCode::ShuttingDown, "the server is shutting down", true));
                 break;

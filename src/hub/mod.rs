@@ -178,26 +178,8 @@ impl Hub {
     pub fn publish(&self, name: &str, data: &Value) -> Published {
         self.with_channel(name, |state| {
             state.offset += 1;
-            state.last_publish = Instant::now();
             let offset = state.offset;
-            let mut frames: [Option<Bytes>; 2] = [None, None];
-            for encoding in Encoding::ALL {
-                if state.per_encoding[encoding.index()] > 0 {
-                    frames[encoding.index()] = Some(encode_message(name, offset, data, encoding));
-                }
-            }
-            let now = tokio::time::Instant::now();
-            let mut delivered = 0;
-            for sub in &state.subscribers {
-                let frame = frames[sub.encoding().index()]
-                    .as_ref()
-                    .expect("encoded above");
-                if sub.push(frame.clone(), now).is_ok() {
-                    delivered += 1;
-                }
-            }
-            self.metrics.publishes.inc();
-            self.metrics.deliveries.inc_by(delivered as u64);
+            let delivered = self.fan_out(name, state, offset, data);
             Published {
                 position: Position {
                     epoch: state.epoch,
@@ -206,6 +188,37 @@ impl Hub {
                 delivered,
             }
         })
+    }
+
+    /// Queue the `message` frame of event `offset` to every live subscriber of the channel,
+    /// encoded once per encoding they read. Returns how many took it (the others were closed,
+    /// or are closed now as slow consumers).
+    fn fan_out(&self, name: &str, state: &mut ChannelState, offset: u64, data: &Value) -> usize {
+        let now = Instant::now();
+        state.last_publish = now;
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for encoding in Encoding::ALL {
+            if state.per_encoding[encoding.index()] > 0 {
+                frames[encoding.index()] = Some(encode_message(name, offset, data, encoding));
+            }
+        }
+        let now = tokio::time::Instant::from_std(now);
+        // Counted once for all, and ahead: a writer may uncount its frame as soon as it is queued.
+        let subscribers = state.subscribers.len();
+        self.metrics.queued_frames.inc_by(subscribers as i64);
+        let mut delivered = 0;
+        for sub in &state.subscribers {
+            let frame = frames[sub.encoding().index()]
+                .as_ref()
+                .expect("encoded above");
+            delivered += usize::from(sub.push_uncounted(frame.clone(), now).is_ok());
+        }
+        self.metrics
+            .queued_frames
+            .dec_by((subscribers - delivered) as i64);
+        self.metrics.publishes.inc();
+        self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
     }
 
     /// Deliver the event at `offset` of a sequenced channel, whose positions are assigned
@@ -224,23 +237,7 @@ impl Hub {
             return 0;
         }
         state.offset = offset;
-        state.last_publish = Instant::now();
-        let mut frames: [Option<Bytes>; 2] = [None, None];
-        for encoding in Encoding::ALL {
-            if state.per_encoding[encoding.index()] > 0 {
-                frames[encoding.index()] = Some(encode_message(name, offset, &data, encoding));
-            }
-        }
-        let now = tokio::time::Instant::now();
-        let mut delivered = 0;
-        for sub in &state.subscribers {
-            let frame = frames[sub.encoding().index()]
-                .as_ref()
-                .expect("encoded above");
-            if sub.push(frame.clone(), now).is_ok() {
-                delivered += 1;
-            }
-        }
+        let delivered = self.fan_out(name, &mut state, offset, &data);
         let data = Arc::new(data);
         state.pending.retain(|_, pending| {
             pending.held.push((offset, data.clone()));
@@ -258,8 +255,6 @@ impl Hub {
         if state.tail.len() > TAIL {
             state.tail.pop_front();
         }
-        self.metrics.publishes.inc();
-        self.metrics.deliveries.inc_by(delivered as u64);
         delivered
     }
 

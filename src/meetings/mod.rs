@@ -15,7 +15,9 @@
 //! A meeting in SFU mode is also the worker of its media: its task owns the meeting's
 //! `signaling::sfu::Room` (every participant's WebRTC session), takes the datagrams the SFU's
 //! router (`crate::sfu`) queues for it, runs the room's timers, and sends what the room
-//! transmits. Nothing else touches the room, so the packet path takes no lock.
+//! transmits. Nothing else touches the room, so the packet path takes no lock. A mesh
+//! meeting that asks to switch (`Output::SwitchToSfu`: it reached its size, or its room was
+//! set to `sfu`) gets its room then, and the task becomes its worker the same way.
 
 pub mod session;
 pub mod whip;
@@ -27,6 +29,7 @@ use crate::protocol::{ErrorCode, MeetingFrame, MeetingRequest, PresenceRequest, 
 use crate::protocol::{RequestId, encode_server};
 use crate::sfu::{Datagram, Sfu};
 use crate::spaces::ServiceError;
+use crate::store::MeetingSetting;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::{Value, json};
@@ -35,6 +38,7 @@ use signaling::wire::{IceServer, MeetingMode};
 use signaling::{ConnId, Joiner, Meeting, Output};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +86,17 @@ pub(crate) enum Command {
     Revoke { conn: ConnId },
     /// A WHIP/WHEP session's request.
     Whip(whip::Command),
+    /// The room's meeting mode was set.
+    Setting(MeetingSetting),
+}
+
+/// How a new meeting carries media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Its mode at creation.
+    pub mode: MeetingMode,
+    /// In a mesh, the participants from which it turns into SFU mode (0: never).
+    pub sfu_participants: usize,
 }
 
 /// The live meetings, shared by every connection.
@@ -145,15 +160,15 @@ impl Meetings {
         self.inner.live.is_empty()
     }
 
-    /// The task of the meeting in `room` of `space`, spawned in `mode` if there is none.
-    fn task(&self, space: &str, room: &str, mode: MeetingMode) -> mpsc::Sender<Command> {
+    /// The task of the meeting in `room` of `space`, spawned as `plan` says if there is none.
+    fn task(&self, space: &str, room: &str, plan: Plan) -> mpsc::Sender<Command> {
         self.inner
             .live
             .entry(key(space, room))
             .or_insert_with(|| {
                 let (commands, queue) = mpsc::channel(QUEUE);
                 let me = commands.downgrade();
-                let task = MeetingTask::new(self.inner.clone(), space, room, me, mode);
+                let task = MeetingTask::new(self.inner.clone(), space, room, me, plan);
                 let span = tracing::debug_span!("meeting", space, room);
                 self.inner.tasks.spawn(task.run(queue).instrument(span));
                 commands
@@ -166,6 +181,22 @@ impl Meetings {
         self.inner
             .live
             .remove_if(&key(space, room), |_, live| live.same_channel(commands));
+    }
+}
+
+impl crate::chat::RoomListener for Meetings {
+    /// The live meeting of the room follows its new setting.
+    fn meeting_mode_set(&self, space: &str, room: &str, mode: MeetingSetting) {
+        let Some(commands) = self.inner.live.get(&key(space, room)).map(|c| c.clone()) else {
+            return;
+        };
+        // Queued before the request's reply when there is room (so joins after the reply see
+        // it); otherwise it must still not be lost, and the reply must not wait for it.
+        if let Err(TrySendError::Full(command)) = commands.try_send(Command::Setting(mode)) {
+            tokio::spawn(async move {
+                let _ = commands.send(command).await;
+            });
+        }
     }
 }
 
@@ -186,9 +217,12 @@ struct MeetingTask {
     presence_rx: Option<mpsc::Receiver<(ConnId, PresenceRequest)>>,
     /// Participants counted in the metrics.
     counted: usize,
-    mode: MeetingMode,
+    plan: Plan,
     /// SFU mode: the router, this room's queue, and the room's counters already reported.
     media: Option<Media>,
+    /// Where the router queues this meeting's datagrams, in SFU mode.
+    datagrams: mpsc::Sender<Datagram>,
+    datagrams_rx: Option<mpsc::Receiver<Datagram>>,
     /// WHIP/WHEP sessions (participants without a connection).
     whip: whip::Clients,
 }
@@ -206,9 +240,10 @@ impl MeetingTask {
         space: &str,
         room: &str,
         me: mpsc::WeakSender<Command>,
-        mode: MeetingMode,
+        plan: Plan,
     ) -> MeetingTask {
         let (presence, presence_rx) = mpsc::channel(PRESENCE_QUEUE);
+        let (datagrams, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
         MeetingTask {
             inner,
             space: space.to_string(),
@@ -218,8 +253,10 @@ impl MeetingTask {
             presence,
             presence_rx: Some(presence_rx),
             counted: 0,
-            mode,
+            plan,
             media: None,
+            datagrams,
+            datagrams_rx: Some(datagrams_rx),
             whip: whip::Clients::default(),
         }
     }
@@ -229,28 +266,20 @@ impl MeetingTask {
         metrics.open.inc();
         self.spawn_presence();
         let prefix = crate::spaces::random_id()[..6].to_string();
-        let mut core = Meeting::new(&self.space, &self.room, &prefix, self.inner.config);
-        let (datagrams, mut datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
-        let sfu = self
-            .inner
-            .sfu
-            .get()
-            .filter(|_| self.mode == MeetingMode::Sfu);
-        if let Some(sfu) = sfu {
-            let config = RoomConfig {
-                candidates: sfu.candidates().to_vec(),
-                ..self.inner.room.clone()
-            };
-            core = core.with_sfu(Room::new(config, std::time::Instant::now()));
-            self.inner.metrics.sfu.rooms.inc();
-            self.media = Some(Media {
-                sfu: sfu.clone(),
-                inbox: datagrams,
-                reported: RoomStats::default(),
-                sessions: 0,
-            });
-        } else if self.mode == MeetingMode::Sfu {
-            tracing::warn!("no SFU running: the meeting is peer to peer");
+        let config = signaling::Config {
+            sfu_participants: self.plan.sfu_participants,
+            ..self.inner.config
+        };
+        let mut core = Meeting::new(&self.space, &self.room, &prefix, config);
+        let mut datagrams_rx = self.datagrams_rx.take().expect("run once");
+        if self.plan.mode == MeetingMode::Sfu {
+            match self.new_room() {
+                Some((room, media)) => {
+                    core = core.with_sfu(room);
+                    self.start_media(media);
+                }
+                None => tracing::warn!("no SFU running: the meeting is peer to peer"),
+            }
         }
         tracing::debug!(mode = ?core.mode(), "meeting started");
         loop {
@@ -309,6 +338,43 @@ impl MeetingTask {
         tracing::debug!("meeting ended");
     }
 
+    /// A media room on the running SFU, with what its worker needs; `None` without an SFU.
+    fn new_room(&self) -> Option<(Room, Media)> {
+        let sfu = self.inner.sfu.get()?;
+        let config = RoomConfig {
+            candidates: sfu.candidates().to_vec(),
+            ..self.inner.room.clone()
+        };
+        let media = Media {
+            sfu: sfu.clone(),
+            inbox: self.datagrams.clone(),
+            reported: RoomStats::default(),
+            sessions: 0,
+        };
+        Some((Room::new(config, std::time::Instant::now()), media))
+    }
+
+    /// This task is the worker of the meeting's room from now on.
+    fn start_media(&mut self, media: Media) {
+        self.inner.metrics.sfu.rooms.inc();
+        self.media = Some(media);
+    }
+
+    /// The mesh meeting asked to turn into SFU mode: give it a room, if an SFU runs.
+    fn switch(&mut self, core: &mut Meeting) {
+        let Some((room, media)) = self.new_room() else {
+            tracing::warn!("no SFU running: the meeting stays peer to peer");
+            return;
+        };
+        match core.switch_to_sfu(room) {
+            Ok(()) => {
+                self.start_media(media);
+                tracing::debug!(participants = core.len(), "switched to SFU mode");
+            }
+            Err(e) => tracing::warn!(error = %e, "the meeting stays peer to peer"),
+        }
+    }
+
     /// Tell presence in order, off the meeting's loop (presence may be busy).
     fn spawn_presence(&mut self) {
         let Some(mut queue) = self.presence_rx.take() else {
@@ -365,6 +431,12 @@ impl MeetingTask {
             }
             Command::Revoke { conn } => core.revoke(conn),
             Command::Whip(command) => self.whip(core, command),
+            Command::Setting(setting) => core.set_sfu_participants(match setting {
+                MeetingSetting::Auto => self.inner.config.sfu_participants,
+                MeetingSetting::Mesh => 0,
+                // Any participant: at once.
+                MeetingSetting::Sfu => 1,
+            }),
         }
     }
 
@@ -503,6 +575,7 @@ impl MeetingTask {
                         }
                     }
                 }
+                Output::SwitchToSfu => self.switch(core),
                 Output::Route { ufrag, open } => {
                     let Some(media) = &self.media else { continue };
                     if !open {

@@ -3,7 +3,7 @@
 //! commands handed to each meeting's task. A closed connection's participants stay
 //! `reconnecting` (they are not left), so a client that reconnects may resume them.
 
-use super::{Command, service_error};
+use super::{Command, Plan, service_error};
 use crate::access::{Claims, Grant, RoomAction};
 use crate::channel::ChannelRef;
 use crate::config::Config;
@@ -11,6 +11,7 @@ use crate::hub::Outbox;
 use crate::protocol::{ChatRequest, ErrorCode, MeetingRequest};
 use crate::server::Shared;
 use crate::spaces::{ServiceError, home_id};
+use crate::store::MeetingSetting;
 use serde_json::{Value, json};
 use signaling::wire::{Grants, IceServer, MeetingMode};
 use signaling::{ConnId, Joiner};
@@ -90,12 +91,9 @@ impl OpenMeetings {
                 },
             };
             let ice_servers = ice_servers(&shared.config, &claims.sub);
-            let mode = match mode {
-                Some(mode) => mode,
-                None => default_mode(shared, claims, &space, &room).await?,
-            };
+            let plan = plan(shared, claims, &space, &room, mode).await?;
             for _ in 0..JOIN_ATTEMPTS {
-                let commands = shared.meetings.task(&space, &room, mode);
+                let commands = shared.meetings.task(&space, &room, plan);
                 let (done, answer) = oneshot::channel();
                 let join = Command::Join {
                     conn,
@@ -217,23 +215,41 @@ fn not_joined() -> ServiceError {
     service_error(signaling::Error::NotJoined)
 }
 
-/// The mode of a meeting created without a choice: SFU when the space has at least
-/// `meeting_sfu_from` members (0: never). Only counted when no meeting is live in the room.
-async fn default_mode(
+/// How a meeting the join may create carries media. The room's `meeting_mode` decides when
+/// it is `mesh` or `sfu` (a join's `mode` is then ignored); in an `auto` room, the join's
+/// `mode` if it names one (a meeting created `mesh` stays peer to peer), else SFU mode when
+/// the space has at least `meeting_sfu_from` members, else a mesh that turns into SFU mode at
+/// `meeting_sfu_participants`. Members are only counted when no meeting is live in the room.
+async fn plan(
     shared: &Shared,
     claims: &Claims,
     space: &str,
     room: &str,
-) -> Result<MeetingMode, ServiceError> {
-    let from = shared.config.meeting_sfu_from;
-    if from == 0 || shared.meetings.is_live(space, room) {
-        return Ok(MeetingMode::Mesh);
-    }
-    let members = shared.spaces.members(claims, space).await?.len();
-    Ok(if members >= from {
-        MeetingMode::Sfu
-    } else {
-        MeetingMode::Mesh
+    asked: Option<MeetingMode>,
+) -> Result<Plan, ServiceError> {
+    let fixed = |mode| Plan {
+        mode,
+        sfu_participants: 0,
+    };
+    let setting = shared.chat.meeting_mode(space, room).await?;
+    Ok(match (setting, asked) {
+        (MeetingSetting::Mesh, _) => fixed(MeetingMode::Mesh),
+        (MeetingSetting::Sfu, _) => fixed(MeetingMode::Sfu),
+        (MeetingSetting::Auto, Some(mode)) => fixed(mode),
+        (MeetingSetting::Auto, None) => {
+            let from = shared.config.meeting_sfu_from;
+            let large = from > 0
+                && !shared.meetings.is_live(space, room)
+                && shared.spaces.members(claims, space).await?.len() >= from;
+            if large {
+                fixed(MeetingMode::Sfu)
+            } else {
+                Plan {
+                    mode: MeetingMode::Mesh,
+                    sfu_participants: shared.config.meeting_sfu_participants,
+                }
+            }
+        }
     })
 }
 

@@ -490,7 +490,11 @@ async fn offer(
     let conn = shared.next_conn_id();
     let mut started = None;
     for _ in 0..START_ATTEMPTS {
-        let commands = shared.meetings.task(&space, &room, MeetingMode::Sfu);
+        let plan = super::Plan {
+            mode: MeetingMode::Sfu,
+            sfu_participants: 0,
+        };
+        let commands = shared.meetings.task(&space, &room, plan);
         let (done, answer) = oneshot::channel();
         let start = Start {
             resource: resource.clone(),

@@ -3,6 +3,7 @@
 
 use super::RequestId;
 use crate::access::Role;
+use crate::store::MeetingSetting;
 use serde::{Deserialize, Serialize};
 
 /// How a message body is to be read.
@@ -56,6 +57,14 @@ pub enum ChatRequest {
         space: String,
         room: String,
         name: String,
+    },
+    /// Owners and managers: how the room's meetings carry media (`docs/protocol.md` 15.7).
+    #[serde(rename = "chat.set_meeting_mode")]
+    SetMeetingMode {
+        id: RequestId,
+        space: String,
+        room: String,
+        meeting_mode: MeetingSetting,
     },
     #[serde(rename = "chat.archive_room")]
     ArchiveRoom {
@@ -229,6 +238,7 @@ impl ChatRequest {
         "chat.create_room",
         "chat.rooms",
         "chat.rename_room",
+        "chat.set_meeting_mode",
         "chat.archive_room",
         "chat.join",
         "chat.leave",
@@ -255,6 +265,7 @@ impl ChatRequest {
             ChatRequest::CreateRoom { id, .. }
             | ChatRequest::Rooms { id, .. }
             | ChatRequest::RenameRoom { id, .. }
+            | ChatRequest::SetMeetingMode { id, .. }
             | ChatRequest::ArchiveRoom { id, .. }
             | ChatRequest::Join { id, .. }
             | ChatRequest::Leave { id, .. }

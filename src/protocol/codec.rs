@@ -360,6 +360,7 @@ mod tests {
             json!({"type": "chat.rooms", "id": 1, "space": "s"}),
             json!({"type": "chat.rename_room", "id": 1, "space": "s", "room": "r", "name": "n"}),
             json!({"type": "chat.archive_room", "id": 1, "space": "s", "room": "r"}),
+            json!({"type": "chat.set_meeting_mode", "id": 1, "space": "s", "room": "r", "meeting_mode": "sfu"}),
             json!({"type": "chat.join", "id": 1, "space": "s", "room": "r"}),
             json!({"type": "chat.leave", "id": 1, "space": "s", "room": "r"}),
             json!({"type": "chat.invite", "id": 1, "space": "s", "room": "r", "user": "u"}),

@@ -167,8 +167,8 @@ pub async fn survives_reopen(open: &dyn Fn() -> Box<dyn Store>) {
 // gets the same store twice.
 
 use super::{
-    ChatEvent, ChatFeed, ChatStore, EventKind, NewMessage, Page, Reaction, ReadState, Receipt,
-    Room, RoomMember, RoomUpdate, SearchQuery, ThreadSummary,
+    ChatEvent, ChatFeed, ChatStore, EventKind, MeetingSetting, NewMessage, Page, Reaction,
+    ReadState, Receipt, Room, RoomMember, RoomUpdate, SearchQuery, ThreadSummary,
 };
 use std::sync::{Arc, Mutex};
 
@@ -184,6 +184,7 @@ pub fn room(space: &str, id: &str, private: bool) -> Room {
         head: 0,
         created_by: "alice".into(),
         created_ms: 1_700_000_000_000,
+        meeting_mode: MeetingSetting::Auto,
     }
 }
 
@@ -335,6 +336,7 @@ pub async fn rooms_and_room_members(store: &dyn Store, chat: &dyn ChatStore) {
             RoomUpdate {
                 name: Some("General".into()),
                 archived: Some(true),
+                ..RoomUpdate::default()
             },
         )
         .await
@@ -714,10 +716,58 @@ pub async fn leaving_the_space_leaves_its_rooms(store: &dyn Store, chat: &dyn Ch
 }
 
 /// `open` must return new handles on the same durable state each time it is called.
+/// A room's meeting mode: `auto` at creation, changed alone by an update, listed with the
+/// room. (`chat_survives_reopen` checks it is kept.)
+pub async fn meeting_modes(store: &dyn Store, chat: &dyn ChatStore) {
+    setup(store, chat).await;
+    let created = chat.room("s", "r").await.unwrap().unwrap();
+    assert_eq!(created.meeting_mode, MeetingSetting::Auto);
+    let set = |mode| RoomUpdate {
+        meeting_mode: Some(mode),
+        ..RoomUpdate::default()
+    };
+    let sfu = chat.update_room("s", "r", set(MeetingSetting::Sfu)).await;
+    let sfu = sfu.unwrap();
+    assert_eq!(
+        sfu,
+        Room {
+            meeting_mode: MeetingSetting::Sfu,
+            ..created.clone()
+        }
+    );
+    assert_eq!(chat.room("s", "r").await.unwrap(), Some(sfu));
+    // A rename keeps it.
+    let renamed = RoomUpdate {
+        name: Some("Stand-up".into()),
+        ..RoomUpdate::default()
+    };
+    let renamed = chat.update_room("s", "r", renamed).await.unwrap();
+    assert_eq!(renamed.meeting_mode, MeetingSetting::Sfu);
+    chat.update_room("s", "r", set(MeetingSetting::Mesh))
+        .await
+        .unwrap();
+    let listed = chat.rooms_of("s", "bob").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0.meeting_mode, MeetingSetting::Mesh);
+    assert_eq!(listed[0].1, Some(Role::Member));
+    let missing = chat
+        .update_room("s", "nope", set(MeetingSetting::Sfu))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+}
+
 pub async fn chat_survives_reopen(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn ChatStore>)) {
     {
         let (store, chat) = open();
         setup(&*store, &*chat).await;
+        let sfu = RoomUpdate {
+            meeting_mode: Some(MeetingSetting::Sfu),
+            ..RoomUpdate::default()
+        };
+        chat.update_room("s", "r", sfu).await.unwrap();
         chat.send(text("s", "r", "alice", "a", "one"))
             .await
             .unwrap();
@@ -729,6 +779,7 @@ pub async fn chat_survives_reopen(open: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Ch
     let (_store, chat) = open();
     let room = chat.room("s", "r").await.unwrap().unwrap();
     assert_eq!(room.head, 3);
+    assert_eq!(room.meeting_mode, MeetingSetting::Sfu);
     let retry = chat.send(text("s", "r", "bob", "b", "two")).await.unwrap();
     assert_eq!((retry.message.offset, retry.duplicate), (2, true));
     let next = chat

@@ -93,6 +93,44 @@ pub struct Room {
     pub created_by: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// How the room's meetings carry media.
+    #[serde(default)]
+    #[schema(value_type = String, example = "auto")]
+    pub meeting_mode: MeetingSetting,
+}
+
+/// How a room's meetings carry media (`docs/protocol.md` 15.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeetingSetting {
+    /// By size: peer to peer, through the server (SFU) once a meeting is large
+    /// (`meeting_sfu_participants`) or its space is (`meeting_sfu_from`).
+    #[default]
+    Auto,
+    /// Always peer to peer.
+    Mesh,
+    /// Always through the server.
+    Sfu,
+}
+
+impl MeetingSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeetingSetting::Auto => "auto",
+            MeetingSetting::Mesh => "mesh",
+            MeetingSetting::Sfu => "sfu",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MeetingSetting> {
+        [
+            MeetingSetting::Auto,
+            MeetingSetting::Mesh,
+            MeetingSetting::Sfu,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
 }
 
 /// A user's membership of a room. `org` is the user's home organisation.
@@ -310,6 +348,7 @@ pub struct Hit {
 pub struct RoomUpdate {
     pub name: Option<String>,
     pub archived: Option<bool>,
+    pub meeting_mode: Option<MeetingSetting>,
 }
 
 /// Receives every committed chat event: exactly once, per room in offset order with no gaps,

@@ -40,6 +40,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::sqlite_docs::SCHEMA,
     // 4: the full-text index keeps no copy of the bodies.
     super::sqlite_chat::INDEX_WITHOUT_CONTENT,
+    // 5: each room's meeting mode.
+    "ALTER TABLE rooms ADD COLUMN meeting_mode TEXT NOT NULL DEFAULT 'auto';",
 ];
 
 /// Jobs queued for the store thread before callers wait for room. Bounded so a stalled disk

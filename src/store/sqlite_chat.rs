@@ -5,9 +5,9 @@
 
 use super::sqlite::{Mode, SqliteStore, Writer, backend, is_constraint};
 use super::{
-    ChatEvent, ChatFeed, ChatStore, EventKind, Hit, Message, NewMessage, Page, Queued, Reaction,
-    ReadState, Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery, Sent, StoreError,
-    StoreResult, ThreadSummary, UNREAD_CAP,
+    ChatEvent, ChatFeed, ChatStore, EventKind, Hit, MeetingSetting, Message, NewMessage, Page,
+    Queued, Reaction, ReadState, Receipt, Revision, Room, RoomMember, RoomUpdate, SearchQuery,
+    Sent, StoreError, StoreResult, ThreadSummary, UNREAD_CAP,
 };
 use crate::access::Role;
 use rusqlite::{OptionalExtension, Row, Transaction, ffi, params};
@@ -134,7 +134,7 @@ pub(super) const INDEX_WITHOUT_CONTENT: &str = "
 macro_rules! room_columns {
     () => {
         "rid, space, id, name, private, archived, epoch, head, created_by, created_ms,
-         dm_key IS NOT NULL"
+         dm_key IS NOT NULL, meeting_mode"
     };
 }
 macro_rules! message_columns {
@@ -210,6 +210,13 @@ fn room_row(row: &Row<'_>) -> rusqlite::Result<Keyed> {
             created_by: row.get(8)?,
             created_ms: row.get(9)?,
             direct: row.get(10)?,
+            meeting_mode: {
+                let mode: String = row.get(11)?;
+                MeetingSetting::parse(&mode).ok_or_else(|| {
+                    let e = format!("unknown meeting mode {mode:?}").into();
+                    rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, e)
+                })?
+            },
         },
     })
 }
@@ -600,8 +607,8 @@ impl ChatStore for SqliteStore {
             let inserted = txn
                 .prepare_cached(
                     "INSERT INTO rooms (space, id, name, private, archived, epoch, head,
-                                        created_by, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+                                        created_by, created_ms, meeting_mode)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -612,7 +619,8 @@ impl ChatStore for SqliteStore {
                         room.archived,
                         room.epoch as i64,
                         room.created_by,
-                        room.created_ms
+                        room.created_ms,
+                        room.meeting_mode.as_str()
                     ])
                 });
             match inserted {
@@ -652,8 +660,8 @@ impl ChatStore for SqliteStore {
             let inserted = txn
                 .prepare_cached(
                     "INSERT INTO rooms (space, id, name, private, archived, epoch, head,
-                                        created_by, created_ms, dm_key)
-                     VALUES (?1, ?2, ?3, 1, 0, ?4, 0, ?5, ?6, ?7)",
+                                        created_by, created_ms, dm_key, meeting_mode)
+                     VALUES (?1, ?2, ?3, 1, 0, ?4, 0, ?5, ?6, ?7, ?8)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -663,7 +671,8 @@ impl ChatStore for SqliteStore {
                         room.epoch as i64,
                         room.created_by,
                         room.created_ms,
-                        key
+                        key,
+                        room.meeting_mode.as_str()
                     ])
                 });
             match inserted {
@@ -711,8 +720,8 @@ impl ChatStore for SqliteStore {
                 ))
                 .map_err(backend)?;
             s.query_map([space, user], |row| {
-                let role: Option<String> = row.get(11)?;
-                let role = role.map(|r| parse_role(&r, 11)).transpose()?;
+                let role: Option<String> = row.get(12)?;
+                let role = role.map(|r| parse_role(&r, 12)).transpose()?;
                 Ok((room_row(row)?.room, role))
             })
             .and_then(Iterator::collect)
@@ -731,9 +740,21 @@ impl ChatStore for SqliteStore {
             if let Some(archived) = update.archived {
                 room.room.archived = archived;
             }
-            txn.prepare_cached("UPDATE rooms SET name = ?2, archived = ?3 WHERE rid = ?1")
-                .and_then(|mut s| s.execute(params![room.rid, room.room.name, room.room.archived]))
-                .map_err(backend)?;
+            if let Some(mode) = update.meeting_mode {
+                room.room.meeting_mode = mode;
+            }
+            txn.prepare_cached(
+                "UPDATE rooms SET name = ?2, archived = ?3, meeting_mode = ?4 WHERE rid = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room.rid,
+                    room.room.name,
+                    room.room.archived,
+                    room.room.meeting_mode.as_str()
+                ])
+            })
+            .map_err(backend)?;
             Ok(room.room)
         })
         .await
@@ -1378,6 +1399,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
         contract::rooms_and_room_members(&store, &store).await;
+    }
+
+    #[tokio::test]
+    async fn meeting_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        contract::meeting_modes(&store, &store).await;
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ const WRITE_FRAMES: usize = 512;
 /// Frames per call when no more are queued: the usual case of one or a few frames then fills
 /// arrays of this size, not 24 KiB of them for every write.
 const SMALL_WRITE: usize = 8;
+/// Frames per call for a batch of a few dozen (a burst of publishes fanned out): arrays of
+/// 3 KiB, not the 24 KiB of `WRITE_FRAMES`, set up for each call.
+const MID_WRITE: usize = 64;
 
 thread_local! {
     static READ: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
@@ -375,8 +378,11 @@ impl WsWriter {
     /// (header and payload slices; payloads are not copied). Pops the frames it wrote; one
     /// written in part becomes the unfinished frame.
     fn try_write(&mut self, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
-        if usize::from(self.unfinished.is_some()) + frames.len() <= SMALL_WRITE {
+        let count = usize::from(self.unfinished.is_some()) + frames.len();
+        if count <= SMALL_WRITE {
             self.try_write_up_to::<SMALL_WRITE, { 2 * SMALL_WRITE }>(frames)
+        } else if count <= MID_WRITE {
+            self.try_write_up_to::<MID_WRITE, { 2 * MID_WRITE }>(frames)
         } else {
             self.try_write_up_to::<WRITE_FRAMES, { 2 * WRITE_FRAMES }>(frames)
         }
@@ -388,23 +394,22 @@ impl WsWriter {
         frames: &mut VecDeque<Bytes>,
     ) -> io::Result<()> {
         let opcode_of = self.opcode_of;
-        let first = self.unfinished.as_ref();
-        let items = first
-            .map(|u| (u.opcode, &u.payload))
-            .into_iter()
-            .chain(frames.iter().map(|f| (opcode_of(f), f)))
-            .take(N);
+        // Each frame's header, made once: the slices point into it, and its length tells
+        // where the frame ends in what was written.
         let mut headers = [Header::EMPTY; N];
-        let mut count = 0;
-        for (header, (opcode, payload)) in headers.iter_mut().zip(items.clone()) {
-            *header = Header::server(opcode, payload.len());
-            count += 1;
+        let first = usize::from(self.unfinished.is_some());
+        if let Some(unfinished) = &self.unfinished {
+            headers[0] = Header::server(unfinished.opcode, unfinished.payload.len());
+        }
+        let count = first + frames.len().min(N - first);
+        for (header, payload) in headers[first..count].iter_mut().zip(frames.iter()) {
+            *header = Header::server(opcode_of(payload), payload.len());
         }
         let mut slices = [IoSlice::new(&[]); S];
         let mut used = 0;
-        let mut skip = first.map_or(0, |u| u.written);
-        for (header, (_, payload)) in headers[..count].iter().zip(items) {
-            for part in [header.as_bytes(), &payload[..]] {
+        if let Some(unfinished) = &self.unfinished {
+            let mut skip = unfinished.written;
+            for part in [headers[0].as_bytes(), &unfinished.payload[..]] {
                 let cut = skip.min(part.len());
                 skip -= cut;
                 if cut < part.len() {
@@ -413,13 +418,17 @@ impl WsWriter {
                 }
             }
         }
-        let n = self.write.try_write_vectored(&slices[..used])?;
-        if n == 0 {
+        for (header, payload) in headers[first..count].iter().zip(frames.iter()) {
+            slices[used] = IoSlice::new(header.as_bytes());
+            slices[used + 1] = IoSlice::new(payload);
+            used += 2;
+        }
+        let mut left = self.write.try_write_vectored(&slices[..used])?;
+        if left == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let mut left = n;
         if let Some(unfinished) = &mut self.unfinished {
-            let len = frame_len(unfinished.opcode, &unfinished.payload);
+            let len = headers[0].as_bytes().len() + unfinished.payload.len();
             if unfinished.written + left < len {
                 unfinished.written += left;
                 return Ok(());
@@ -427,14 +436,16 @@ impl WsWriter {
             left -= len - unfinished.written;
             self.unfinished = None;
         }
-        while left > 0 {
+        for header in &headers[first..count] {
+            if left == 0 {
+                break;
+            }
             let payload = frames.pop_front().expect("no more written than queued");
-            let opcode = opcode_of(&payload);
-            let len = frame_len(opcode, &payload);
+            let len = header.as_bytes().len() + payload.len();
             if left < len {
                 self.unfinished = Some(Unfinished {
+                    opcode: opcode_of(&payload),
                     payload,
-                    opcode,
                     written: left,
                 });
                 break;
@@ -471,11 +482,6 @@ impl WsWriter {
         }
         let _ = self.write.shutdown().await;
     }
-}
-
-/// Bytes a server frame takes on the wire.
-fn frame_len(opcode: OpCode, payload: &[u8]) -> usize {
-    Header::server(opcode, payload.len()).as_bytes().len() + payload.len()
 }
 
 struct Reader(WsReader);

@@ -194,6 +194,18 @@ async fn five_pages_meet_through_the_sfu() {
     scenario_with("sfu.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
 }
 
+/// Two pages meet peer to peer; the third page's join reaches `meeting_sfu_participants` and
+/// turns the meeting into SFU mode live: every page then decodes the others through the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_meeting_switches_to_the_sfu() {
+    scenario_with(
+        "switch.mjs",
+        |c| c.meeting_sfu_participants = 3,
+        &[("MEET_TIMEOUT_MS", "60000")],
+    )
+    .await;
+}
+
 /// Simulcast through the SFU: a page showing a publisher in a small tile receives a narrower
 /// layer than a page showing it large, and a hidden tile receives nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Meetings over real sockets: joining and seeing each other, tracks, signals relayed to the
 //! named participant only, SDP checked against grants, admin actions, leaving, reconnecting
-//! and resuming within the grace, access, room creation, limits, presence and metrics.
+//! and resuming within the grace, access, room creation, limits, presence and metrics; the
+//! switch from mesh to SFU mode by size and by the room's setting.
 
 use crate::both_transports;
 use crate::util::{TestServer, Tr};
@@ -714,7 +715,195 @@ async fn joining_shows_in_room_presence(tr: Tr) {
     }
 }
 
+/// A new str0m client's answer to `offer` (a `meeting.offer` frame).
+fn answer_of(offer: &Value) -> String {
+    let mut client = signaling::str0m::Rtc::new(std::time::Instant::now());
+    let sdp = offer["sdp"].as_str().unwrap();
+    let offer = signaling::str0m::change::SdpOffer::from_sdp_string(sdp).unwrap();
+    client
+        .sdp_api()
+        .accept_offer(offer)
+        .unwrap()
+        .to_sdp_string()
+}
+
+impl Peer {
+    /// The frames before the first of type `kind`; that one and the ones after stay kept.
+    async fn before(&mut self, kind: &str) -> Vec<Value> {
+        let at = self.frames.iter().position(|f| f["type"] == kind);
+        let found = self.next(kind).await;
+        let before = self.frames.drain(..at.unwrap_or(self.frames.len()));
+        let before = before.collect();
+        self.frames.push_front(found);
+        before
+    }
+
+    /// Expect the switch to SFU mode: a `meeting.mode` frame, then the server's offer, which
+    /// this participant answers. Returns the offer's lines.
+    async fn switched(&mut self, room: &str) -> Vec<Value> {
+        let mode = self.next("meeting.mode").await;
+        assert_eq!(
+            (mode["room"].as_str(), mode["mode"].as_str()),
+            (Some(room), Some("sfu"))
+        );
+        let offer = self.next("meeting.offer").await;
+        let sdp = answer_of(&offer);
+        self.call(json!({"type": "meeting.answer", "room": room, "sdp": sdp}))
+            .await;
+        offer["media"].as_array().unwrap().clone()
+    }
+}
+
+async fn a_meeting_switches_to_sfu_when_a_join_reaches_the_threshold(tr: Tr) {
+    let s = TestServer::with(|c| c.meeting_sfu_participants = 3).await;
+    let room = "grows";
+    let mut alice = Peer::user(&s, tr, "alice").await;
+    let mut bob = Peer::user(&s, tr, "bob").await;
+    let mut carol = Peer::user(&s, tr, "carol").await;
+    assert_eq!(alice.join(room).await["mode"], "mesh");
+    let b_sid = bob.join(room).await["participant"]["sid"].clone();
+    let camera = alice
+        .call(
+            json!({"type": "meeting.publish", "room": room, "cid": "cam", "kind": "video",
+                     "source": "camera", "simulcast": true}),
+        )
+        .await["track"]["sid"]
+        .clone();
+    let mic = bob
+        .call(
+            json!({"type": "meeting.publish", "room": room, "cid": "mic", "kind": "audio",
+                     "source": "microphone"}),
+        )
+        .await["track"]["sid"]
+        .clone();
+    // Two participants signal peer to peer.
+    let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n";
+    alice
+        .call(json!({"type": "meeting.signal", "room": room, "to": b_sid, "kind": "offer", "sdp": offer}))
+        .await;
+    bob.next("meeting.signal").await;
+
+    // The third one's join turns the meeting into SFU mode, for everyone.
+    let c = carol.join(room).await;
+    assert_eq!(c["mode"], "mesh", "the reply is made before the switch");
+    let c_sid = c["participant"]["sid"].clone();
+    // Alice sees carol arrive before the switch, not earlier.
+    let before = alice.before("meeting.mode").await;
+    let arrived = before.iter().any(|f| {
+        f["type"] == "meeting.participants"
+            && (f["participants"].as_array().unwrap().iter()).any(|p| p["sid"] == c_sid)
+    });
+    assert!(arrived, "{before:?}");
+    let mut expected = vec![camera.as_str().unwrap(), mic.as_str().unwrap()];
+    expected.sort();
+    for peer in [&mut alice, &mut bob, &mut carol] {
+        let lines = peer.switched(room).await;
+        let mut tracks: Vec<&str> = lines.iter().map(|l| l["track"].as_str().unwrap()).collect();
+        tracks.sort();
+        assert_eq!(tracks, expected, "every session carries both tracks");
+    }
+    // Peer-to-peer signalling is over.
+    let signal = alice
+        .req(json!({"type": "meeting.signal", "room": room, "to": b_sid, "kind": "offer", "sdp": offer}))
+        .await;
+    assert_eq!(signal, Err("invalid_request".into()));
+    // It never turns back: with one participant left, a newcomer joins in SFU mode.
+    bob.call(json!({"type": "meeting.leave", "room": room}))
+        .await;
+    carol
+        .call(json!({"type": "meeting.leave", "room": room}))
+        .await;
+    let mut dave = Peer::user(&s, tr, "dave").await;
+    assert_eq!(dave.join(room).await["mode"], "sfu");
+}
+
+async fn the_room_setting_decides_and_switches_live(tr: Tr) {
+    let s = TestServer::start().await;
+    let room = "retro";
+    let mut alice = Peer::user(&s, tr, "alice").await;
+    let mut bob = Peer::user(&s, tr, "bob").await;
+    // Alice's join creates the room: she owns it.
+    let a = alice.join(room).await;
+    assert_eq!(a["mode"], "mesh");
+    let space = a["space"].clone();
+    bob.join(room).await;
+    let set = |mode: &str| json!({"type": "chat.set_meeting_mode", "space": space, "room": room, "meeting_mode": mode});
+    // Only the room's owners and the space's managers set it, to a known mode.
+    assert_eq!(bob.req(set("sfu")).await, Err("forbidden".into()));
+    assert_eq!(alice.req(set("p2p")).await, Err("invalid_request".into()));
+    let rooms = alice
+        .call(json!({"type": "chat.rooms", "space": space}))
+        .await;
+    assert_eq!(rooms["rooms"][0]["meeting_mode"], "auto");
+
+    // Setting `sfu` switches the live mesh meeting at once.
+    let updated = alice.call(set("sfu")).await;
+    assert_eq!(
+        (updated["id"].as_str(), updated["meeting_mode"].as_str()),
+        (Some(room), Some("sfu"))
+    );
+    alice.switched(room).await;
+    bob.switched(room).await;
+
+    // A room set to `mesh` over HTTP: its live meeting no longer switches by size (the
+    // default, 5 participants).
+    let quiet = "quiet";
+    alice.join(quiet).await;
+    let path = format!("/api/spaces/{}/rooms/{quiet}", space.as_str().unwrap());
+    let body = json!({"meeting_mode": "mesh"}).to_string();
+    let bob_token = s.token("bob", "acme");
+    let (status, _, _) =
+        crate::api::http(s.http, "PATCH", &path, Some(&bob_token), Some(&body)).await;
+    assert_eq!(status, 403);
+    let alice_token = s.token("alice", "acme");
+    let (status, patched, _) =
+        crate::api::http(s.http, "PATCH", &path, Some(&alice_token), Some(&body)).await;
+    assert_eq!((status, &patched["meeting_mode"]), (200, &json!("mesh")));
+    let mut others = Vec::new();
+    for user in ["bob", "carol", "dave", "erin"] {
+        let mut peer = Peer::user(&s, tr, user).await;
+        assert_eq!(peer.join(quiet).await["mode"], "mesh");
+        others.push(peer);
+    }
+    // Alice's request is answered after any frame erin's join caused.
+    alice
+        .call(json!({"type": "meeting.data", "room": quiet, "payload": "hi"}))
+        .await;
+    let frames = &alice.frames;
+    assert!(
+        frames.iter().all(|f| f["type"] != "meeting.mode"),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_setting_persists_across_a_restart() {
+    let s = TestServer::start().await;
+    let room = "board";
+    let mut alice = Peer::user(&s, Tr::Ws, "alice").await;
+    let space = alice.join(room).await["space"].clone();
+    let set = json!({"type": "chat.set_meeting_mode", "space": space, "room": room, "meeting_mode": "sfu"});
+    alice.call(set).await;
+    alice
+        .call(json!({"type": "meeting.leave", "room": room}))
+        .await;
+    drop(alice);
+    let s = TestServer::in_dir(s.stop().await, |_| {}).await;
+    let mut alice = Peer::user(&s, Tr::Ws, "alice").await;
+    let rooms = alice
+        .call(json!({"type": "chat.rooms", "space": space}))
+        .await;
+    assert_eq!(rooms["rooms"][0]["meeting_mode"], "sfu");
+    // The room's setting wins over the join's `mode`.
+    let joined = alice
+        .call(json!({"type": "meeting.join", "room": room, "mode": "mesh"}))
+        .await;
+    assert_eq!(joined["mode"], "sfu");
+}
+
 both_transports!(
+    a_meeting_switches_to_sfu_when_a_join_reaches_the_threshold,
+    the_room_setting_decides_and_switches_live,
     join_publish_and_signal,
     sdp_and_requests_are_checked_against_grants,
     admins_mute_and_remove,

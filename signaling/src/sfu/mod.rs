@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::config::CryptoProvider;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
@@ -28,6 +28,9 @@ use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcError};
 /// Datagrams waiting for the shell at most; beyond, new ones are dropped (UDP may lose them
 /// anyway, and the shell drains the room after every input).
 pub const MAX_TRANSMITS: usize = 8192;
+/// How many times one drain of a session runs timeouts that are already due, at most (each
+/// lets its pacer send one more packet); the rest wait for the shell's timer.
+const MAX_DUE_ROUNDS: usize = 256;
 /// Source addresses remembered per session (ICE may try a few before one is chosen).
 const MAX_ADDRS_PER_SESSION: usize = 8;
 /// The label of the data channel the first offer opens.
@@ -50,17 +53,17 @@ pub struct RoomConfig {
     /// The same for audio lines (default 100: two seconds of 20 ms Opus packets).
     pub send_buffer_audio: usize,
     /// Estimate the bandwidth towards each session (from transport-wide congestion control
-    /// feedback) and cap the simulcast layers it gets by it. Off by default: with it, str0m
-    /// also paces what is sent to a session at the estimate, queueing the rest (up to 2 s,
-    /// then dropping), and the room does not yet keep what it forwards within the estimate,
-    /// so a subscriber of more video than its estimate has grown to (an all-to-all meeting
-    /// of a dozen) loses most of it.
+    /// feedback) and keep what it is sent within the estimate: lower simulcast layers, then
+    /// paused video (see [`Room::poll_paused`]), audio always. Off by default: on a loaded
+    /// machine, feedback that arrives late keeps estimates low and videos paused (five
+    /// Chromium pages on two busy cores did not see each other). Off, every subscriber gets
+    /// the layers its elements need, whatever its link.
     pub bandwidth_estimation: bool,
     /// The bandwidth assumed towards a new session until its estimate says otherwise.
     pub initial_bitrate: u64,
-    /// The bandwidth the estimator probes for towards each session (default 4 Mbit/s: the
-    /// highest layers of a few videos), so higher layers are taken up once the path allows.
-    pub desired_bitrate: u64,
+    /// The most the estimator probes for towards one session (default 20 Mbit/s). Below it,
+    /// each session probes for what its subscriber would receive without a limit.
+    pub max_bitrate: u64,
     /// How active speakers are detected.
     pub speakers: SpeakerConfig,
 }
@@ -76,7 +79,7 @@ impl Default for RoomConfig {
             send_buffer_audio: 100,
             bandwidth_estimation: false,
             initial_bitrate: 1_000_000,
-            desired_bitrate: 4_000_000,
+            max_bitrate: 20_000_000,
             speakers: SpeakerConfig::default(),
         }
     }
@@ -140,6 +143,9 @@ pub struct RoomStats {
     pub forwarded_bytes: u64,
     /// Frames not written to a subscriber because its session's queue was full.
     pub dropped_frames: u64,
+    /// Video frames not written to a subscriber because a burst at its bandwidth estimate
+    /// waited in its session already (its video then restarts at a keyframe).
+    pub shed_frames: u64,
     /// Datagrams dropped because the shell had not drained [`MAX_TRANSMITS`].
     pub dropped_transmits: u64,
     /// Keyframe requests sent to publishers.
@@ -181,8 +187,13 @@ struct Session {
     timeout: Instant,
     /// The size of the element each received video track is shown in, as it reported.
     layouts: HashMap<String, (u32, u32)>,
-    /// The bandwidth estimated towards the participant, in bits per second.
+    /// The bandwidth estimated towards the participant, in bits per second (none with
+    /// estimation off).
     estimate: Option<u64>,
+    /// What its estimator was last set to look for: `(minimum, desired)` bits per second.
+    asked: (u64, u64),
+    /// Bounds what waits in it to be sent to a burst at its estimate.
+    budget: bandwidth::Budget,
     /// WHIP/WHEP: the client made the offer; the session is never offered anything.
     client: Option<whip::ClientSession>,
 }
@@ -227,6 +238,9 @@ pub struct Room {
     routes: VecDeque<Route>,
     /// Changes of the layers publishers should send, not polled yet.
     layer_changes: VecDeque<LayerChange>,
+    /// Tracks paused (true) or resumed for a subscriber's bandwidth, by subscriber and track,
+    /// not polled yet.
+    paused: BTreeMap<(String, String), bool>,
     /// When layers are measured and picked again.
     next_select: Instant,
     speakers: Speakers,
@@ -249,6 +263,7 @@ impl Room {
             renegotiate: BTreeSet::new(),
             routes: VecDeque::new(),
             layer_changes: VecDeque::new(),
+            paused: BTreeMap::new(),
             next_select: now + SELECT_INTERVAL,
             stats: RoomStats::default(),
         }
@@ -308,9 +323,12 @@ impl Room {
             .set_send_buffer_video(self.config.send_buffer_video)
             .set_send_buffer_audio(self.config.send_buffer_audio)
             .enable_bwe(estimation)
+            .set_stats_interval(estimation.map(|_| SELECT_INTERVAL))
             .build(self.now);
+        // Until the demand is known, probe for the most a session may take.
+        let asked = (0, self.config.max_bitrate);
         if self.config.bandwidth_estimation {
-            (rtc.bwe()).set_bitrate(Bitrate::ZERO, Bitrate::bps(self.config.desired_bitrate));
+            (rtc.bwe()).set_bitrate(Bitrate::ZERO, Bitrate::bps(asked.1));
         }
         for addr in &self.config.candidates {
             match Candidate::host(*addr, "udp") {
@@ -338,7 +356,9 @@ impl Room {
             addrs: Vec::new(),
             timeout: self.now,
             layouts: HashMap::new(),
-            estimate: None,
+            estimate: estimation.map(|e| e.as_u64()),
+            asked,
+            budget: bandwidth::Budget::default(),
             client: None,
         };
         self.sessions.insert(participant.to_string(), session);
@@ -353,6 +373,7 @@ impl Room {
         };
         session.rtc.disconnect();
         self.speakers.remove(participant, self.now);
+        self.paused.retain(|(p, _), _| p != participant);
         for addr in &session.addrs {
             self.by_addr.remove(addr);
         }
@@ -795,13 +816,25 @@ impl Room {
     fn drive(&mut self, participant: &str) {
         let mut dirty = BTreeSet::from([participant.to_string()]);
         while let Some(sid) = dirty.pop_first() {
+            let mut due_rounds = 0;
             while let Some(session) = self.sessions.get_mut(&sid) {
                 match session.rtc.poll_output() {
+                    // Due already (its pacer sends one packet per timeout): run it now rather
+                    // than on the shell's next timer, a bounded number of times.
+                    Ok(Output::Timeout(at)) if at <= self.now && due_rounds < MAX_DUE_ROUNDS => {
+                        due_rounds += 1;
+                        if session.rtc.handle_input(Input::Timeout(self.now)).is_err() {
+                            session.rtc.disconnect();
+                        }
+                    }
                     Ok(Output::Timeout(at)) => {
                         session.timeout = at;
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
+                        if is_rtp(&t.contents) {
+                            session.budget.sent(t.contents.len());
+                        }
                         if self.transmits.len() >= MAX_TRANSMITS {
                             self.stats.dropped_transmits += 1;
                             continue;
@@ -826,8 +859,10 @@ impl Room {
     fn handle_event(&mut self, sid: &str, event: Event, dirty: &mut BTreeSet<String>) {
         match event {
             Event::MediaData(data) => self.forward(sid, data, dirty),
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                if let Some(session) = self.sessions.get_mut(sid) {
+            Event::PeerStats(stats) => {
+                if let Some(session) = self.sessions.get_mut(sid)
+                    && let Some(estimate) = stats.bwe_tx
+                {
                     session.estimate = Some(estimate.as_u64());
                 }
             }
@@ -880,7 +915,7 @@ impl Room {
         };
         let video = t.kind == TrackKind::Video;
         // A layer's first frame: subscribers may pick it now.
-        if video && t.simulcast.record(layer, &data) {
+        if t.simulcast.record(layer, &data, video) && video {
             self.select(&track);
         } else if !video && let Some(level) = data.ext_vals.audio_level {
             let owner = t.owner.clone();
@@ -903,13 +938,22 @@ impl Room {
             let time = if video {
                 // Looked up before inserting: no key is allocated per frame.
                 if !t.forwards.contains_key(subscriber) {
-                    (t.forwards).insert(subscriber.clone(), simulcast::Forward::new(layer));
+                    let forward = simulcast::Forward::new(Some(layer));
+                    (t.forwards).insert(subscriber.clone(), forward);
                 }
                 let forward = (t.forwards.get_mut(subscriber)).expect("inserted above");
-                match forward.admit(layer, keyframe, data.time) {
-                    Some(time) => time,
-                    None => continue,
+                let Some(time) = forward.admit(layer, keyframe, data.time) else {
+                    continue;
+                };
+                // A burst at its estimate waits already: the video stops until a keyframe
+                // (asked for below).
+                if (session.estimate).is_some_and(|rate| !session.budget.admits(rate)) {
+                    forward.interrupt();
+                    self.stats.shed_frames += 1;
+                    lost = true;
+                    continue;
                 }
+                time
             } else {
                 data.time
             };
@@ -921,6 +965,7 @@ impl Room {
             };
             match writer.write(pt, data.network_time, time, data.data.clone()) {
                 Ok(()) => {
+                    session.budget.written(data.data.len());
                     self.stats.forwarded_packets += packets;
                     self.stats.forwarded_bytes += data.data.len() as u64;
                     dirty.insert(subscriber.clone());
@@ -939,6 +984,12 @@ impl Room {
     }
 }
 
+/// Whether `datagram` is an RTP packet (SRTP keeps the header in the clear): version 2, and a
+/// second byte outside the RTCP packet types 192 to 223.
+fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
+}
+
 /// The ICE username fragment of the receiver of a STUN message (the first half of its
 /// USERNAME), if `datagram` is one: how the shell finds a new client's room.
 pub fn stun_ufrag(datagram: &[u8]) -> Option<&str> {
@@ -947,11 +998,13 @@ pub fn stun_ufrag(datagram: &[u8]) -> Option<&str> {
     username.split(':').next()
 }
 
+mod bandwidth;
 #[cfg(any(test, feature = "sim"))]
 #[doc(hidden)]
 pub mod sim;
 mod simulcast;
 mod speaker;
+pub use bandwidth::Paused;
 pub use simulcast::{LAYERS, LayerChange, MAX_LAYOUT_PIXELS, SELECT_INTERVAL};
 pub use speaker::{Speaker, SpeakerConfig, Speakers};
 #[cfg(test)]

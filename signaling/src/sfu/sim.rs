@@ -12,6 +12,20 @@ use str0m::media::{MediaTime, Pt};
 pub const SERVER: &str = "10.0.0.1:5000";
 /// How far one step moves time.
 pub const STEP: Duration = Duration::from_millis(5);
+/// The most sending time a limited link queues; datagrams beyond are dropped.
+pub const MAX_LINK_QUEUE: Duration = Duration::from_millis(200);
+
+/// A client's downlink limited to `rate` bits per second: the room's datagrams to it queue
+/// behind each other, each arriving once the ones before and itself are sent.
+pub struct Link {
+    pub rate: u64,
+    /// When what is queued is sent.
+    busy_until: Instant,
+    /// Datagrams with the time they arrive.
+    queue: VecDeque<(Instant, Transmit)>,
+    /// Datagrams dropped because the queue was full.
+    pub dropped: usize,
+}
 
 /// A participant's WebRTC peer.
 pub struct Client {
@@ -68,6 +82,8 @@ pub struct Net {
     /// RTP datagrams from the room to drop before they reach a client, by client name: the
     /// next `n` are lost on the way.
     pub lose_rtp: BTreeMap<String, usize>,
+    /// Limited downlinks, by client name.
+    pub links: BTreeMap<String, Link>,
 }
 
 impl Net {
@@ -88,7 +104,86 @@ impl Net {
             room_busy: Duration::ZERO,
             next_host: 10,
             lose_rtp: BTreeMap::new(),
+            links: BTreeMap::new(),
         }
+    }
+
+    /// Limit `name`'s downlink to `rate` bits per second, or lift the limit (what its link
+    /// queued arrives now).
+    pub fn limit(&mut self, name: &str, rate: Option<u64>) {
+        match rate {
+            Some(rate) => {
+                let link = (self.links.entry(name.to_string())).or_insert_with(|| Link {
+                    rate,
+                    busy_until: self.now,
+                    queue: VecDeque::new(),
+                    dropped: 0,
+                });
+                link.rate = rate;
+            }
+            None => {
+                if let Some(link) = self.links.remove(name) {
+                    for (_, t) in link.queue {
+                        self.deliver(name, t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A datagram from the room reaches client `name` (unless the test loses it).
+    fn deliver(&mut self, name: &str, t: Transmit) {
+        if is_rtp(&t.contents)
+            && let Some(n) = self.lose_rtp.get_mut(name)
+            && *n > 0
+        {
+            *n -= 1;
+            return;
+        }
+        let client = self.clients.get_mut(name).expect("a client of that name");
+        client.datagrams_in += 1;
+        let input = Input::Receive(
+            self.now,
+            Receive {
+                proto: Protocol::Udp,
+                source: t.source,
+                destination: t.destination,
+                contents: t.contents.as_slice().try_into().unwrap(),
+            },
+        );
+        client.rtc.handle_input(input).unwrap();
+    }
+
+    /// Put a datagram for `name` on its limited link; it comes back if there is none.
+    fn enqueue(&mut self, name: &str, t: Transmit) -> Option<Transmit> {
+        let Some(link) = self.links.get_mut(name) else {
+            return Some(t);
+        };
+        let start = link.busy_until.max(self.now);
+        if start >= self.now + MAX_LINK_QUEUE {
+            link.dropped += 1;
+            return None;
+        }
+        let micros = t.contents.len() as u64 * 8 * 1_000_000 / link.rate.max(1);
+        link.busy_until = start + Duration::from_micros(micros);
+        link.queue.push_back((link.busy_until, t));
+        None
+    }
+
+    /// Deliver what the limited links have sent by now. True if anything was.
+    fn deliver_due(&mut self) -> bool {
+        let mut due = Vec::new();
+        for (name, link) in &mut self.links {
+            while link.queue.front().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, t) = link.queue.pop_front().expect("checked above");
+                due.push((name.clone(), t));
+            }
+        }
+        let any = !due.is_empty();
+        for (name, t) in due {
+            self.deliver(&name, t);
+        }
+        any
     }
 
     /// A participant joins: the room makes its session and the client answers its offer.
@@ -113,7 +208,7 @@ impl Net {
     /// Answer every offer and exchange datagrams until nobody has anything to send.
     pub fn settle(&mut self) {
         loop {
-            let mut busy = false;
+            let mut busy = self.deliver_due();
             while let Some(offer) = self.room.poll_offer() {
                 busy = true;
                 let client = self.clients.get_mut(&offer.participant).unwrap();
@@ -155,27 +250,13 @@ impl Net {
                     gone.datagrams_in += 1;
                     continue;
                 }
-                let (name, client) = (self.clients.iter_mut())
+                let name = (self.clients.iter())
                     .find(|(_, c)| c.addr == t.destination)
+                    .map(|(name, _)| name.clone())
                     .expect("a datagram to a known address");
-                if is_rtp(&t.contents)
-                    && let Some(n) = self.lose_rtp.get_mut(name)
-                    && *n > 0
-                {
-                    *n -= 1;
-                    continue;
+                if let Some(t) = self.enqueue(&name, t) {
+                    self.deliver(&name, t);
                 }
-                client.datagrams_in += 1;
-                let input = Input::Receive(
-                    self.now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.as_slice().try_into().unwrap(),
-                    },
-                );
-                client.rtc.handle_input(input).unwrap();
             }
             if !busy {
                 break;
@@ -271,6 +352,34 @@ impl Net {
         self.run(6);
     }
 
+    /// `publisher` sends a frame of each simulcast layer on its line of `video`, of
+    /// `sizes[layer]` bytes (keyframes when `key`, see [`layer_frame`]), and an Opus packet on
+    /// its line of `audio`; then 30 ms pass.
+    pub fn send_media(
+        &mut self,
+        publisher: &str,
+        (video, audio): (&str, &str),
+        sizes: [usize; 3],
+        key: bool,
+        i: u8,
+    ) {
+        let now = self.now;
+        let (client, mid, pt, time) = self.line(publisher, video, Codec::Vp8);
+        for (layer, size) in sizes.into_iter().enumerate() {
+            let writer = client.rtc.writer(mid).expect("the publisher's line");
+            let mut payload = layer_frame(layer, key, i);
+            payload.resize(size, 0);
+            (writer.rid(LAYERS[layer].into()))
+                .write(pt, now, time, payload)
+                .unwrap();
+        }
+        let (client, mid, pt, time) = self.line(publisher, audio, Codec::Opus);
+        (client.rtc.writer(mid).expect("the publisher's line"))
+            .write(pt, now, time, vec![0xfc, 0xff, 0xfe])
+            .unwrap();
+        self.run(6);
+    }
+
     /// `publisher` sends one Opus packet on its line of `track`, with audio level `dbov`
     /// (-dBov), then 20 ms pass.
     pub fn send_audio(&mut self, publisher: &str, track: &str, dbov: u8) {
@@ -291,12 +400,6 @@ impl Net {
             self.run(4);
         }
     }
-}
-
-/// Whether `datagram` is an RTP packet (SRTP keeps the header in the clear): version 2, and a
-/// second byte outside the RTCP packet types 192 to 223.
-fn is_rtp(datagram: &[u8]) -> bool {
-    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
 }
 
 /// A VP8 frame of simulcast layer `layer` (whose width is 320 << layer), numbered `i`: a

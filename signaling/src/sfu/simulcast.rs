@@ -1,7 +1,7 @@
 //! Simulcast: a publisher sends a video track in up to three layers ([`LAYERS`], lowest
 //! first) and each subscriber gets one of them, the smallest that covers the size it reports
-//! for the track's video element ([`Room::set_layout`]), within its share of the bandwidth
-//! the server estimates towards it. A subscriber moves to another layer only at a keyframe of
+//! for the track's video element ([`Room::set_layout`]), as far as the bandwidth the server
+//! estimates towards it allows (see `bandwidth`). A subscriber moves to another layer only at a keyframe of
 //! that layer (one is requested when it is picked), and its media times are shifted so it
 //! sees one continuous stream. Layers that no subscriber needs, except the lowest (kept so a
 //! new subscriber starts at once and a congested one has a fallback), are paused: the room
@@ -19,9 +19,6 @@ const NOMINAL_WIDTHS: [u32; 3] = [320, 640, 1280];
 pub const MAX_LAYOUT_PIXELS: u32 = 16_384;
 /// How often layer bitrates are measured and every subscriber's layer picked again.
 pub const SELECT_INTERVAL: Duration = Duration::from_millis(300);
-/// A subscriber moves up a layer only when its bandwidth share exceeds the layer's bitrate
-/// by this factor (in quarters), so a bitrate near the share does not make it flap.
-const UPGRADE_MARGIN_QUARTERS: u64 = 5;
 /// The media time step put between the last frame of a layer and the first of the next one.
 const SWITCH_STEP_90KHZ: u64 = 3_000;
 
@@ -60,9 +57,9 @@ pub(super) struct Layer {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Forward {
     /// The layer written to the subscriber now; none until a keyframe of `target` starts it.
-    current: Option<usize>,
-    /// The layer it should get.
-    target: usize,
+    pub(super) current: Option<usize>,
+    /// The layer it should get; none: paused (its bandwidth does not allow the lowest).
+    pub(super) target: Option<usize>,
     /// Added to the media time of each frame written (in the frame's clock), so a switch
     /// continues the media time of the layer before.
     offset: i64,
@@ -71,13 +68,28 @@ pub(super) struct Forward {
 }
 
 impl Forward {
-    pub(super) fn new(target: usize) -> Forward {
+    pub(super) fn new(target: Option<usize>) -> Forward {
         Forward {
             current: None,
             target,
             offset: 0,
             last: None,
         }
+    }
+
+    /// It should get `target` from now on (none: nothing, from now). True when that needs a
+    /// keyframe (the target is not the layer it gets).
+    pub(super) fn retarget(&mut self, target: Option<usize>) -> bool {
+        self.target = target;
+        if target.is_none() {
+            self.current = None;
+        }
+        target.is_some() && self.current != target
+    }
+
+    /// A frame could not be written: nothing more until a keyframe of the target.
+    pub(super) fn interrupt(&mut self) {
+        self.current = None;
     }
 
     /// Whether a frame of `layer` goes to the subscriber; a keyframe of the target layer
@@ -89,7 +101,7 @@ impl Forward {
         time: MediaTime,
     ) -> Option<MediaTime> {
         if self.current != Some(layer) {
-            if layer != self.target || !keyframe {
+            if self.target != Some(layer) || !keyframe {
                 return None;
             }
             if let Some(last) = self.last {
@@ -119,15 +131,16 @@ pub(super) struct Layers {
 }
 
 impl Layers {
-    /// A frame of `layer` came: count it, and learn the layer's width from a VP8 keyframe.
-    /// True when it is the layer's first frame.
-    pub(super) fn record(&mut self, layer: usize, data: &MediaData) -> bool {
+    /// A frame of `layer` came: count it, and learn the layer's width from a VP8 keyframe
+    /// (of a `video` track). True when it is the layer's first frame.
+    pub(super) fn record(&mut self, layer: usize, data: &MediaData, video: bool) -> bool {
         self.rids |= data.rid.is_some();
         let l = &mut self.layers[layer];
         let first = !l.seen;
         l.seen = true;
         l.bytes += data.data.len() as u64;
-        if data.is_keyframe()
+        if video
+            && data.is_keyframe()
             && let Some(width) = vp8_keyframe_width(&data.data)
         {
             l.width = Some(width);
@@ -135,24 +148,48 @@ impl Layers {
         first
     }
 
+    /// The bitrate of every layer together at the last measurement (of a track that does
+    /// not simulcast, its bitrate).
+    pub(super) fn bitrate(&self) -> u64 {
+        self.layers.iter().map(|l| l.bitrate).sum()
+    }
+
     fn width(&self, layer: usize) -> u32 {
         self.layers[layer].width.unwrap_or(NOMINAL_WIDTHS[layer])
     }
 
-    /// The layer for a subscriber: the smallest covering `size` (the highest without a
-    /// size), then the highest within `share` bits per second (the lowest at least);
-    /// `current` moves up only with a margin. Once layers were seen, one of them: the highest
-    /// not above that, else the lowest (a publisher may send fewer layers than asked).
-    fn pick(&self, size: Option<(u32, u32)>, share: Option<u64>, current: Option<usize>) -> usize {
-        let chosen = self.fit(size, share, current);
+    /// The layer a subscriber's element needs: the smallest covering `size` (the highest
+    /// without a size). Once layers were seen, one of them: the highest not above that, else
+    /// the lowest (a publisher may send fewer layers than asked).
+    fn pick(&self, size: Option<(u32, u32)>) -> usize {
+        let chosen = self.fit(size);
         let seen = |i: &usize| self.layers[*i].seen;
         ((0..=chosen).rev().find(seen))
             .or_else(|| (chosen..LAYERS.len()).find(seen))
             .unwrap_or(chosen)
     }
 
-    fn fit(&self, size: Option<(u32, u32)>, share: Option<u64>, current: Option<usize>) -> usize {
-        let wanted = match size {
+    /// What a subscriber showing the track at `size`, forwarded as `forward`, may get: the
+    /// layers seen up to the one its element needs (only the lowest when the publisher does
+    /// not simulcast), and the bitrates measured.
+    pub(super) fn demand(
+        &self,
+        size: Option<(u32, u32)>,
+        forward: Option<&Forward>,
+    ) -> bandwidth::Demand {
+        let top = if self.rids { self.pick(size) } else { 0 };
+        let layers = (0..=top)
+            .filter(|&i| i == top || self.layers[i].seen)
+            .map(|i| (i, self.layers[i].bitrate))
+            .collect();
+        bandwidth::Demand {
+            layers,
+            current: forward.and_then(|f| f.current),
+        }
+    }
+
+    fn fit(&self, size: Option<(u32, u32)>) -> usize {
+        match size {
             None => LAYERS.len() - 1,
             Some((width, height)) => {
                 // Video is mostly 16:9: a tall element needs the width that fills its height.
@@ -161,23 +198,7 @@ impl Layers {
                     .find(|&i| self.width(i) >= need)
                     .unwrap_or(LAYERS.len() - 1)
             }
-        };
-        let Some(share) = share else {
-            return wanted;
-        };
-        (0..=wanted)
-            .rev()
-            .find(|&i| {
-                let bitrate = self.layers[i].bitrate;
-                let up = current.is_some_and(|c| i > c);
-                let needed = if up {
-                    bitrate * UPGRADE_MARGIN_QUARTERS / 4
-                } else {
-                    bitrate
-                };
-                needed <= share
-            })
-            .unwrap_or(0)
+        }
     }
 
     /// Measure the layers' bitrates over the `elapsed` time since the last measurement.
@@ -269,71 +290,82 @@ impl Room {
         self.layer_changes.pop_front()
     }
 
-    /// Measure every video track's layers and pick each subscriber's layer again.
+    /// Measure every track's bitrates, and allocate every subscriber's bandwidth again.
     pub(super) fn select_all(&mut self, elapsed: Duration) {
-        let tracks: Vec<String> = (self.tracks.iter_mut())
-            .filter(|(_, t)| t.kind == TrackKind::Video)
-            .map(|(sid, t)| {
-                t.simulcast.measure(elapsed);
-                sid.clone()
-            })
-            .collect();
+        for t in self.tracks.values_mut() {
+            t.simulcast.measure(elapsed);
+        }
+        let subscribers: Vec<String> = self.sessions.keys().cloned().collect();
+        self.reallocate(subscribers, None);
+    }
+
+    /// Allocate the bandwidth of every subscriber of `track` again (its layers, or its
+    /// subscribers' sizes, changed).
+    pub(super) fn select(&mut self, track: &str) {
+        let Some(t) = self.tracks.get(track) else {
+            return;
+        };
+        let subscribers: Vec<String> = t.subscribers.keys().cloned().collect();
+        self.reallocate(subscribers, Some(track));
+    }
+
+    /// Allocate the bandwidth of `subscribers`; then tell each publisher the layers needed of
+    /// its tracks (every video track's, or only those touched and `track`'s), and ask for a
+    /// keyframe where a subscriber's target changed.
+    fn reallocate(&mut self, subscribers: Vec<String>, track: Option<&str>) {
+        // Track, and whether a subscriber waits for a keyframe of a new target.
+        let mut touched: BTreeMap<String, bool> = BTreeMap::new();
+        for subscriber in subscribers {
+            for (track, switch) in self.allocate(&subscriber) {
+                *touched.entry(track).or_default() |= switch;
+            }
+        }
+        let tracks: Vec<String> = match track {
+            None => (self.tracks.iter())
+                .filter(|(_, t)| t.kind == TrackKind::Video)
+                .map(|(sid, _)| sid.clone())
+                .collect(),
+            Some(track) => (touched.keys().cloned())
+                .chain(std::iter::once(track.to_string()))
+                .collect(),
+        };
         for track in tracks {
-            self.select(&track);
+            self.tell_layers(&track);
+            if touched.get(&track) == Some(&true) {
+                self.request_keyframe(&track);
+            }
         }
     }
 
-    /// Pick the layer of each subscriber of `track`: a new target asks for a keyframe, and
-    /// a change of the layers needed is told to the publisher.
-    pub(super) fn select(&mut self, track: &str) {
+    /// Tell the publisher of `track` which layers its subscribers need, if that changed: the
+    /// targets and the layers still written (a switch waits for a keyframe), and the lowest.
+    fn tell_layers(&mut self, track: &str) {
         let Some(t) = self.tracks.get_mut(track) else {
             return;
         };
-        if t.kind != TrackKind::Video {
+        if t.kind != TrackKind::Video || !t.simulcast.rids {
             return;
         }
         let sessions = &self.sessions;
-        let simulcast = t.simulcast.rids;
         t.forwards.retain(|sub, _| t.subscribers.contains_key(sub));
         let mut needed = BTreeSet::from([0]);
-        let mut switch = false;
-        for subscriber in t.subscribers.keys() {
-            let Some(session) = sessions.get(subscriber) else {
-                continue;
-            };
-            if session.is_hidden(track) {
+        for (subscriber, forward) in &t.forwards {
+            if sessions.get(subscriber).is_none_or(|s| s.is_hidden(track)) {
                 continue;
             }
-            let size = session.layouts.get(track).copied();
-            let share = session.estimate.map(|e| e / session.video_shown().max(1));
-            let current = t.forwards.get(subscriber).and_then(|f| f.current);
-            let target = match simulcast {
-                true => t.simulcast.pick(size, share, current),
-                false => 0,
-            };
-            let forward = (t.forwards)
-                .entry(subscriber.clone())
-                .or_insert_with(|| Forward::new(target));
-            if forward.target != target {
-                forward.target = target;
-                switch |= forward.current != Some(target);
-            }
-            needed.insert(target);
+            needed.extend(forward.target);
             needed.extend(forward.current);
         }
-        let owner = t.owner.clone();
         let needed: Vec<usize> = needed.into_iter().collect();
-        if simulcast && t.simulcast.told.as_ref() != Some(&needed) {
-            t.simulcast.told = Some(needed.clone());
-            self.layer_changes.push_back(LayerChange {
-                participant: owner,
-                track: track.to_string(),
-                active: needed.iter().map(|&i| LAYERS[i].to_string()).collect(),
-            });
+        if t.simulcast.told.as_ref() == Some(&needed) {
+            return;
         }
-        if switch {
-            self.request_keyframe(track);
-        }
+        t.simulcast.told = Some(needed.clone());
+        self.layer_changes.push_back(LayerChange {
+            participant: t.owner.clone(),
+            track: track.to_string(),
+            active: needed.iter().map(|&i| LAYERS[i].to_string()).collect(),
+        });
     }
 
     /// The rids to ask for a keyframe on `track`'s line: the layers seen and being sent, or
@@ -358,14 +390,6 @@ impl Session {
     pub(super) fn is_hidden(&self, track: &str) -> bool {
         (self.layouts.get(track)).is_some_and(|&(w, h)| w == 0 || h == 0)
     }
-
-    /// Video lines the participant receives and does not hide: they share its bandwidth.
-    fn video_shown(&self) -> u64 {
-        (self.lines.values())
-            .filter(|l| !l.inbound && !l.gone && l.kind == TrackKind::Video)
-            .filter(|l| !self.is_hidden(&l.track))
-            .count() as u64
-    }
 }
 
 #[cfg(test)]
@@ -373,60 +397,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_layer_is_picked_by_size_then_bandwidth() {
+    fn a_layer_is_picked_by_size() {
         let mut layers = Layers::default();
-        assert_eq!(layers.pick(None, None, None), 2);
-        assert_eq!(layers.pick(Some((160, 90)), None, None), 0);
-        assert_eq!(layers.pick(Some((400, 225)), None, None), 1);
-        assert_eq!(layers.pick(Some((4000, 2250)), None, None), 2);
+        assert_eq!(layers.pick(None), 2);
+        assert_eq!(layers.pick(Some((160, 90))), 0);
+        assert_eq!(layers.pick(Some((400, 225))), 1);
+        assert_eq!(layers.pick(Some((4000, 2250))), 2);
         // A tall element needs the width its height fills.
-        assert_eq!(layers.pick(Some((100, 300)), None, None), 1);
+        assert_eq!(layers.pick(Some((100, 300))), 1);
         // A keyframe tells a layer's real width.
         layers.layers[0].width = Some(480);
-        assert_eq!(layers.pick(Some((400, 225)), None, None), 0);
-        layers.layers = [
-            Layer {
-                bitrate: 100_000,
-                ..Layer::default()
-            },
-            Layer {
-                bitrate: 400_000,
-                ..Layer::default()
-            },
-            Layer {
-                bitrate: 1_500_000,
-                ..Layer::default()
-            },
-        ];
-        assert_eq!(layers.pick(None, Some(1_000_000), None), 1);
-        assert_eq!(layers.pick(None, Some(50_000), None), 0);
-        // Up only with a margin; staying needs none.
-        assert_eq!(layers.pick(None, Some(450_000), Some(0)), 0);
-        assert_eq!(layers.pick(None, Some(450_000), Some(1)), 1);
-        assert_eq!(layers.pick(None, Some(500_000), Some(0)), 1);
+        assert_eq!(layers.pick(Some((400, 225))), 0);
         // Once layers are seen, only those: the nearest below, else the lowest above.
         layers.layers[1].seen = true;
-        assert_eq!(layers.pick(None, None, None), 1);
-        assert_eq!(layers.pick(None, Some(50_000), None), 1);
+        assert_eq!(layers.pick(None), 1);
+        assert_eq!(layers.pick(Some((100, 50))), 1);
         layers.layers[2].seen = true;
-        assert_eq!(layers.pick(None, None, None), 2);
+        assert_eq!(layers.pick(None), 2);
+    }
+
+    #[test]
+    fn a_demand_lists_the_layers_seen_up_to_the_one_needed() {
+        let mut layers = Layers::default();
+        // Without simulcast, one layer.
+        assert_eq!(layers.demand(None, None).layers, [(0, 0)]);
+        layers.rids = true;
+        for (i, bitrate) in [100_000, 400_000, 1_500_000].into_iter().enumerate() {
+            layers.layers[i].bitrate = bitrate;
+        }
+        layers.layers[0].seen = true;
+        layers.layers[2].seen = true;
+        let mut forward = Forward::new(Some(0));
+        forward.current = Some(0);
+        let demand = layers.demand(None, Some(&forward));
+        assert_eq!(demand.layers, [(0, 100_000), (2, 1_500_000)]);
+        assert_eq!(demand.current, Some(0));
+        assert_eq!(layers.demand(Some((320, 180)), None).layers, [(0, 100_000)]);
     }
 
     #[test]
     fn a_switch_waits_for_a_keyframe_and_keeps_media_time_going() {
         let t = |n: u64| MediaTime::new(n, str0m::media::Frequency::NINETY_KHZ);
-        let mut f = Forward::new(0);
+        let mut f = Forward::new(Some(0));
         assert_eq!(f.admit(0, false, t(1000)), None);
         assert_eq!(f.admit(1, true, t(1000)), None);
         assert_eq!(f.admit(0, true, t(1000)), Some(t(1000)));
         assert_eq!(f.admit(0, false, t(4000)), Some(t(4000)));
-        f.target = 1;
+        assert!(f.retarget(Some(1)));
         // The old layer goes on until the new one has a keyframe.
         assert_eq!(f.admit(1, false, t(50_000)), None);
         assert_eq!(f.admit(0, false, t(7000)), Some(t(7000)));
         assert_eq!(f.admit(1, true, t(56_000)), Some(t(10_000)));
         assert_eq!(f.admit(0, false, t(10_000)), None);
         assert_eq!(f.admit(1, false, t(59_000)), Some(t(13_000)));
+        // Paused: nothing, keyframes included; resumed: from a keyframe, time going on.
+        assert!(!f.retarget(None));
+        assert_eq!(f.admit(1, true, t(62_000)), None);
+        assert!(f.retarget(Some(1)));
+        assert_eq!(f.admit(1, false, t(65_000)), None);
+        assert_eq!(f.admit(1, true, t(90_000)), Some(t(16_000)));
     }
 
     #[test]

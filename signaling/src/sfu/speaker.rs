@@ -160,6 +160,11 @@ impl Speakers {
         self.next
     }
 
+    /// The participants speaking now, loudest first (as last listed).
+    pub fn ranked(&self) -> Vec<String> {
+        self.sent.iter().map(|s| s.participant.clone()).collect()
+    }
+
     /// The ranked speakers, loudest first, when the list changed.
     pub fn poll_speakers(&mut self) -> Option<Vec<Speaker>> {
         self.ready.take()

@@ -164,9 +164,11 @@ fn each_subscriber_gets_the_layer_its_element_needs() {
     let mut net = simulcast_room(RoomConfig::default());
     net.room.set_layout("bob", "t-video", 160, 90).unwrap();
     net.room.set_layout("carol", "t-video", 1280, 720).unwrap();
-    // The first keyframes: each layer is picked as it is first seen, so carol steps up
-    // through them.
-    net.send_layers("alice", "t-video", &[0, 1, 2], true, 0);
+    // The first keyframes, one layer after the other: each layer is picked as it is first
+    // seen, so carol steps up through them.
+    for layer in 0..3 {
+        net.send_layers("alice", "t-video", &[layer], true, 0);
+    }
     assert_eq!(layers_seen(&net, "carol", 0), [0, 1, 2]);
     for i in 1..10 {
         net.send_layers("alice", "t-video", &[0, 1, 2], i % 5 == 0, i);
@@ -379,27 +381,22 @@ fn stun_usernames_name_the_receiving_session() {
     assert_eq!(stun_ufrag(&[]), None);
 }
 
-/// Eight videos to one viewer, more than a bandwidth estimate starts at (1 Mbit/s): every
-/// frame arrives, in order. With estimation on, str0m would pace the viewer's session at the
-/// estimate and the backlog would only grow (the viewer had frames 0 to 167 of 200).
+/// A room that estimates the bandwidth towards each session (off by default).
+fn with_estimation() -> RoomConfig {
+    RoomConfig {
+        bandwidth_estimation: true,
+        ..RoomConfig::default()
+    }
+}
+
+/// Eight videos to one viewer, more than its bandwidth estimate starts at (1 Mbit/s), with
+/// estimation on: every frame arrives, in order, as the estimate grows to what the viewer
+/// needs. (Fed beyond the estimate, str0m's pacer would queue the excess; kept within it
+/// without running the pacer's due timeouts at once, whole videos would be paused.)
 #[test]
 fn a_viewer_of_many_videos_gets_every_frame() {
-    let mut net = Net::new(RoomConfig::default());
-    let publishers: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
-    for p in &publishers {
-        net.join(p);
-        let track = format!("{p}-video");
-        net.room.publish(p, &track, TrackKind::Video).unwrap();
-    }
-    net.settle();
-    net.join("viewer");
-    for p in &publishers {
-        net.room.subscribe("viewer", &format!("{p}-video")).unwrap();
-    }
-    net.settle();
-    let mut names: Vec<&str> = publishers.iter().map(String::as_str).collect();
-    names.push("viewer");
-    net.connect(&names);
+    let mut net = Net::new(with_estimation());
+    let publishers = many_videos(&mut net, 8);
     // Each send takes 10 ms: 8 videos of 12.5 frames/s of 3,000 bytes, 2.4 Mbit/s, for 16 s.
     let rounds = 200;
     for i in 0..rounds {
@@ -415,4 +412,165 @@ fn a_viewer_of_many_videos_gets_every_frame() {
         let got = viewer.frames_of(viewer.mid_of(&format!("{p}-video"))).len();
         assert_eq!(got, rounds, "frames from {p}");
     }
+    assert_eq!(net.room.stats().shed_frames, 0);
+    assert_eq!(net.room.poll_paused(), None);
+}
+
+/// `n` publishers of a video track each, and a viewer subscribed to every one, connected.
+fn many_videos(net: &mut Net, n: usize) -> Vec<String> {
+    let publishers: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    for p in &publishers {
+        net.join(p);
+        let track = format!("{p}-video");
+        net.room.publish(p, &track, TrackKind::Video).unwrap();
+    }
+    net.settle();
+    net.join("viewer");
+    for p in &publishers {
+        net.room.subscribe("viewer", &format!("{p}-video")).unwrap();
+    }
+    net.settle();
+    let mut names: Vec<&str> = publishers.iter().map(String::as_str).collect();
+    names.push("viewer");
+    net.connect(&names);
+    publishers
+}
+
+/// The estimator of a session looks for what its subscriber would take without a limit,
+/// and the estimate grows to it; hiding videos lowers it.
+#[test]
+fn the_estimate_grows_to_the_demand() {
+    let mut net = Net::new(with_estimation());
+    let publishers = many_videos(&mut net, 4);
+    // 4 videos of 20 frames/s of 3,000 bytes: 1.92 Mbit/s, about twice the start.
+    let send = |net: &mut Net, rounds: usize| {
+        for i in 0..rounds {
+            let mut payload = frame((i % 250) as u8);
+            payload.resize(3000, 0);
+            for p in &publishers {
+                let (client, mid) = (net.clients.get_mut(p).unwrap(), format!("{p}-video"));
+                let mid = client.mid_of(&mid);
+                let pt = (client.rtc.codec_config())
+                    .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                    .unwrap()
+                    .pt();
+                let time = net.now.duration_since(net.start).into();
+                let writer = client.rtc.writer(mid).unwrap();
+                writer.write(pt, net.now, time, payload.clone()).unwrap();
+            }
+            net.run(10);
+        }
+    };
+    send(&mut net, 200); // 10 s
+    let asked = net.room.sessions["viewer"].asked;
+    let estimate = net.room.estimate("viewer").unwrap();
+    // What it receives, with headroom for the next layer (none here: a quarter).
+    assert!((2_250_000..=2_600_000).contains(&asked.1), "{asked:?}");
+    assert!(estimate >= 1_920_000, "{estimate}");
+    let viewer = &net.clients["viewer"];
+    for p in &publishers {
+        let got = viewer.frames_of(viewer.mid_of(&format!("{p}-video"))).len();
+        assert!(got >= 190, "{got} frames from {p}");
+    }
+    // Three videos hidden: it looks for one.
+    for p in &publishers[1..] {
+        net.room
+            .set_layout("viewer", &format!("{p}-video"), 0, 0)
+            .unwrap();
+    }
+    send(&mut net, 40);
+    let asked = net.room.sessions["viewer"].asked;
+    assert!((550_000..=650_000).contains(&asked.1), "{asked:?}");
+}
+
+/// Alice publishes a video in three layers and an audio track; bob receives both.
+fn video_and_audio() -> Net {
+    let mut net = Net::new(with_estimation());
+    net.join("alice");
+    (net.room.publish("alice", "t-video", TrackKind::Video)).unwrap();
+    net.room.simulcast("t-video").unwrap();
+    (net.room.publish("alice", "t-audio", TrackKind::Audio)).unwrap();
+    net.settle();
+    net.join("bob");
+    net.room.subscribe("bob", "t-video").unwrap();
+    net.room.subscribe("bob", "t-audio").unwrap();
+    net.settle();
+    net.connect(&["alice", "bob"]);
+    net
+}
+
+/// Alice streams for `seconds`, sending keyframes every 1.5 s and when asked. Returns what
+/// bob received meanwhile: the layers of the video frames, and how many audio packets.
+fn stream_media(net: &mut Net, seconds: u64, i: &mut u32) -> (Vec<u8>, usize) {
+    let (video, audio) = (
+        net.clients["bob"].mid_of("t-video"),
+        net.clients["bob"].mid_of("t-audio"),
+    );
+    let before = net.clients["bob"].frames.len();
+    let mut requests = net.clients["alice"].keyframe_requests;
+    // Layers of about 130 kbit/s, 400 kbit/s and 1.3 Mbit/s.
+    for _ in 0..seconds * 1000 / 30 {
+        let asked = net.clients["alice"].keyframe_requests;
+        let key = i.is_multiple_of(50) || asked > requests;
+        requests = asked;
+        net.send_media(
+            "alice",
+            ("t-video", "t-audio"),
+            [500, 1500, 5000],
+            key,
+            *i as u8,
+        );
+        *i += 1;
+    }
+    let frames = &net.clients["bob"].frames[before..];
+    let layers = (frames.iter())
+        .filter(|(m, _)| *m == video)
+        .map(|(_, f)| f[10])
+        .collect();
+    let audio = frames.iter().filter(|(m, _)| *m == audio).count();
+    (layers, audio)
+}
+
+/// A subscriber behind a narrow link gets a lower layer, then no video at all (and is told),
+/// while its audio goes on; once the link widens, the video comes back in the high layer.
+#[test]
+fn a_constrained_subscriber_steps_down_keeps_audio_and_recovers() {
+    let mut net = video_and_audio();
+    let mut i = 0;
+    let (layers, _) = stream_media(&mut net, 6, &mut i);
+    assert!(layers.ends_with(&[2; 30]), "{layers:?}");
+
+    net.limit("bob", Some(700_000));
+    let (layers, audio) = stream_media(&mut net, 10, &mut i);
+    let last = &layers[layers.len().saturating_sub(60)..];
+    assert!(
+        last.len() == 60 && last.iter().all(|&l| l == 1),
+        "{layers:?}"
+    );
+    assert!(audio >= 300, "{audio} audio packets");
+
+    net.limit("bob", Some(80_000));
+    let (layers, audio) = stream_media(&mut net, 10, &mut i);
+    let paused = std::iter::from_fn(|| net.room.poll_paused()).last();
+    let paused = paused.expect("bob is told his video is paused");
+    assert_eq!(
+        (paused.participant.as_str(), paused.track.as_str()),
+        ("bob", "t-video")
+    );
+    assert!(paused.paused);
+    let (_, audio_late) = stream_media(&mut net, 3, &mut i);
+    // Audio goes on: some is lost while video fills the link, none once it is paused.
+    assert!(
+        audio >= 200 && audio_late >= 95,
+        "{audio}, {audio_late} audio packets"
+    );
+    let (layers_late, _) = stream_media(&mut net, 3, &mut i);
+    assert!(layers_late.is_empty(), "{layers:?} then {layers_late:?}");
+
+    net.limit("bob", None);
+    let (layers, audio) = stream_media(&mut net, 15, &mut i);
+    assert!(layers.ends_with(&[2; 30]), "{layers:?}");
+    assert!(audio >= 450, "{audio} audio packets");
+    let resumed = std::iter::from_fn(|| net.room.poll_paused()).last();
+    assert_eq!(resumed.map(|p| p.paused), Some(false));
 }
