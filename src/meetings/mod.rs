@@ -285,6 +285,7 @@ impl MeetingTask {
         loop {
             let deadline = core.poll_timeout();
             let media_deadline = core.sfu_mut().and_then(|room| room.poll_timeout());
+            let token_deadline = self.whip.next_expiry();
             tokio::select! {
                 command = queue.recv() => {
                     let Some(command) = command else { break };
@@ -314,6 +315,8 @@ impl MeetingTask {
                     let room = core.sfu_mut().expect("a media deadline comes from the room");
                     room.handle_timeout(std::time::Instant::now());
                 }
+                // A WHIP/WHEP session's token expired: `expire_clients` ends it.
+                _ = sleep_until_ms(token_deadline), if token_deadline.is_some() => {}
                 _ = self.inner.shutdown.cancelled() => break,
             }
             self.expire_clients(&mut core);

@@ -136,6 +136,8 @@ pub(crate) struct Start {
     sdp: String,
     /// WHEP: the participant to receive from.
     follow: Option<String>,
+    /// When the token the session was started with expires (Unix milliseconds).
+    expires_ms: u64,
 }
 
 pub(crate) struct Started {
@@ -159,6 +161,8 @@ struct Client {
     /// The client's ICE username fragment: a fragment with another one is an ICE restart.
     remote_ufrag: String,
     etag: String,
+    /// When the token the session was started with expires (Unix milliseconds): it ends then.
+    expires_ms: u64,
 }
 
 impl MeetingTask {
@@ -204,6 +208,7 @@ impl MeetingTask {
             role,
             sdp,
             follow,
+            expires_ms,
         } = start;
         let sdp = sdp.as_str();
         if core.mode() != MeetingMode::Sfu {
@@ -234,6 +239,7 @@ impl MeetingTask {
                 org,
                 remote_ufrag: remote_ufrag(sdp).unwrap_or_default().to_string(),
                 etag: etag.clone(),
+                expires_ms,
             },
         );
         Ok(Started {
@@ -268,11 +274,18 @@ impl MeetingTask {
         Ok(answer.sdp)
     }
 
-    /// Let the client-offered sessions whose client went away leave, and forget those that
-    /// left otherwise (removed by an admin, access revoked).
+    /// Let the client-offered sessions whose client went away or whose token expired leave,
+    /// and forget those that left otherwise (removed by an admin, access revoked).
     pub(super) fn expire_clients(&mut self, core: &mut Meeting) {
         if self.whip.sessions.is_empty() {
             return;
+        }
+        let now = crate::server::unix_ms() as u64;
+        for client in self.whip.sessions.values() {
+            if client.expires_ms <= now {
+                tracing::debug!(conn = client.conn, "client-offered session's token expired");
+                let _ = core.leave(client.conn, Some("the access token expired".into()));
+            }
         }
         let expired = core.sfu_mut().map(|room| room.expired_clients());
         for sid in expired.unwrap_or_default() {
@@ -289,6 +302,11 @@ impl MeetingTask {
 }
 
 impl Clients {
+    /// When the next session's token expires (Unix milliseconds), if any runs.
+    pub(super) fn next_expiry(&self) -> Option<u64> {
+        self.sessions.values().map(|c| c.expires_ms).min()
+    }
+
     /// Session `resource` if `user` of `org` started it.
     fn owned(&self, resource: &str, user: &str, org: &str) -> Result<&Client, Refusal> {
         (self.sessions.get(resource))
@@ -503,6 +521,7 @@ async fn offer(
             role,
             sdp: sdp.clone(),
             follow: params.participant.clone(),
+            expires_ms: claims.exp.saturating_mul(1000),
         };
         let start = Command::Start { start, done };
         if commands.send(super::Command::Whip(start)).await.is_ok()

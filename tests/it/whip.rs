@@ -439,6 +439,51 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     player.close().await;
 }
 
+/// A WHIP session lasts as long as the token it was started with: when the token expires, its
+/// participant leaves the meeting and the session is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_ends_when_its_token_expires() {
+    let s = TestServer::start().await;
+    let room = "whip-expiry";
+    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
+        .await;
+
+    let publisher = Arc::new(OfferingPeer::new(true).await);
+    let offer = publisher.offer().await;
+    let token = s.token_with("alice", "acme", &Grant::DEFAULT, 3);
+    let r = post_offer(
+        s.http,
+        &format!("/whip/{room}?name=Studio"),
+        Some(&token),
+        &offer,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let location = r.header("location").unwrap().to_string();
+    publisher.answer(&r.body).await;
+    let sender = keep_sending(publisher.clone());
+
+    let mut seen = None;
+    loop {
+        let frame = bob.next("meeting.participants").await;
+        let studio = (frame["participants"].as_array().unwrap().iter())
+            .find(|p| p["name"] == "Studio")
+            .cloned();
+        match (&seen, studio) {
+            (None, Some(p)) => seen = Some(p["sid"].clone()),
+            (Some(sid), Some(p)) if p["sid"] == *sid && p["state"] == "left" => break,
+            _ => {}
+        }
+    }
+    // The session is gone: a fresh token of its user cannot end it any more.
+    let auth = format!("Bearer {}", s.token("alice", "acme"));
+    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    sender.abort();
+    publisher.close().await;
+}
+
 fn offer_ufrag(sdp: &str) -> String {
     (sdp.lines())
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
