@@ -148,6 +148,7 @@ impl Shared {
         // The store ended their room memberships in the space with it.
         self.chat.left_space(space);
         self.users.revoke(user, space, "removed from the space");
+        self.meetings.access_lost(space, None, user);
         Ok(())
     }
 

@@ -127,9 +127,12 @@ impl Ctx {
     }
 }
 
-/// Told of every committed change of a room's meeting mode (the live meeting follows it).
+/// Told of committed changes of a room that its live meeting follows.
 pub trait RoomListener: Send + Sync + 'static {
+    /// The room's meeting mode was set.
     fn meeting_mode_set(&self, space: &str, room: &str, mode: MeetingSetting);
+    /// `user` was removed from the (private) room and may no longer read it.
+    fn access_lost(&self, space: &str, room: &str, user: &str);
 }
 
 pub struct Chat {
@@ -1043,6 +1046,9 @@ impl Chat {
         // Only members read a private room: end the user's live subscriptions to it.
         if ctx.entry().room.private {
             users.revoke_channel(user, &room_channel(space, room), "removed from the room");
+            if let Some(listener) = self.listener.get() {
+                listener.access_lost(space, room, user);
+            }
         }
         Ok(())
     }

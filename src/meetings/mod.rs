@@ -184,19 +184,50 @@ impl Meetings {
     }
 }
 
+impl Meetings {
+    /// `user` may no longer use `space` (`room: None`) or its `room`: their WHIP/WHEP sessions
+    /// in its live meetings end, their participants leaving with reason `access`. (Their
+    /// connections' participants leave through their connections, which the users registry
+    /// tells.)
+    pub fn access_lost(&self, space: &str, room: Option<&str>, user: &str) {
+        let prefix = format!("{space}/");
+        let tasks: Vec<mpsc::Sender<Command>> = (self.inner.live.iter())
+            .filter(|e| match room {
+                Some(room) => *e.key() == key(space, room),
+                None => e.key().starts_with(&prefix),
+            })
+            .map(|e| e.value().clone())
+            .collect();
+        for commands in tasks {
+            let command = whip::Command::Revoke {
+                user: user.to_string(),
+            };
+            tell(commands, Command::Whip(command));
+        }
+    }
+}
+
+/// Queue `command` for a meeting's task before the caller's reply when there is room (so
+/// requests after the reply see it); otherwise it must still not be lost, and the reply must
+/// not wait for it.
+fn tell(commands: mpsc::Sender<Command>, command: Command) {
+    if let Err(TrySendError::Full(command)) = commands.try_send(command) {
+        tokio::spawn(async move {
+            let _ = commands.send(command).await;
+        });
+    }
+}
+
 impl crate::chat::RoomListener for Meetings {
     /// The live meeting of the room follows its new setting.
     fn meeting_mode_set(&self, space: &str, room: &str, mode: MeetingSetting) {
-        let Some(commands) = self.inner.live.get(&key(space, room)).map(|c| c.clone()) else {
-            return;
-        };
-        // Queued before the request's reply when there is room (so joins after the reply see
-        // it); otherwise it must still not be lost, and the reply must not wait for it.
-        if let Err(TrySendError::Full(command)) = commands.try_send(Command::Setting(mode)) {
-            tokio::spawn(async move {
-                let _ = commands.send(command).await;
-            });
+        if let Some(commands) = self.inner.live.get(&key(space, room)).map(|c| c.clone()) {
+            tell(commands, Command::Setting(mode));
         }
+    }
+
+    fn access_lost(&self, space: &str, room: &str, user: &str) {
+        Meetings::access_lost(self, space, Some(room), user);
     }
 }
 

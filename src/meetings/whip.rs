@@ -118,6 +118,8 @@ pub(crate) enum Command {
         fragment: String,
         done: oneshot::Sender<Result<(), Refusal>>,
     },
+    /// `user` lost access to the room: their sessions' participants leave (reason `access`).
+    Revoke { user: String },
     /// A `DELETE` of session `resource` by `user` of `org`.
     End {
         resource: String,
@@ -183,6 +185,13 @@ impl MeetingTask {
                 let patched = (self.whip.owned(&resource, &user, &org))
                     .and_then(|client| client.patch(if_match.as_deref(), &fragment));
                 let _ = done.send(patched);
+            }
+            Command::Revoke { user } => {
+                for client in self.whip.sessions.values().filter(|c| c.user == user) {
+                    tracing::debug!(conn = client.conn, "client-offered session revoked");
+                    core.revoke(client.conn);
+                }
+                // `expire_clients` forgets them.
             }
             Command::End {
                 resource,

@@ -93,7 +93,7 @@ impl Peer {
     }
 
     /// Wait until a `meeting.participants` frame shows participant `sid` in `state`.
-    async fn until_state(&mut self, sid: &Value, state: &str) -> Value {
+    pub(crate) async fn until_state(&mut self, sid: &Value, state: &str) -> Value {
         self.until(sid, |p| p["state"] == state).await
     }
 

@@ -292,6 +292,22 @@ pub(crate) fn keep_sending(publisher: Arc<OfferingPeer>) -> tokio::task::JoinHan
     })
 }
 
+/// A webrtc-rs peer publishing audio and video with WHIP at `path` with `token`, sending media
+/// once answered: the peer, the `201` response, and the sending task.
+async fn whip_publisher(
+    s: &TestServer,
+    path: &str,
+    token: &str,
+) -> (Arc<OfferingPeer>, Response, tokio::task::JoinHandle<()>) {
+    let publisher = Arc::new(OfferingPeer::new(true).await);
+    let offer = publisher.offer().await;
+    let r = post_offer(s.http, path, Some(token), &offer).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    publisher.answer(&r.body).await;
+    let sender = keep_sending(publisher.clone());
+    (publisher, r, sender)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     let s = TestServer::start().await;
@@ -301,12 +317,9 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
         .await;
 
-    let publisher = Arc::new(OfferingPeer::new(true).await);
-    let offer = publisher.offer().await;
     let token = s.token("alice", "acme");
     let path = format!("/whip/{room}?name=Studio");
-    let r = post_offer(s.http, &path, Some(&token), &offer).await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    let (publisher, r, sender) = whip_publisher(&s, &path, &token).await;
     assert_eq!(r.header("content-type"), Some("application/sdp"));
     let location = r.header("location").unwrap().to_string();
     assert!(
@@ -315,8 +328,6 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     );
     let etag = r.header("etag").unwrap().to_string();
     assert!(r.body.contains("a=ice-lite"), "{}", r.body);
-    publisher.answer(&r.body).await;
-    let sender = keep_sending(publisher.clone());
 
     // Bob's page sees the publisher and its two tracks.
     let studio = loop {
@@ -449,20 +460,10 @@ async fn a_whip_session_ends_when_its_token_expires() {
     bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
         .await;
 
-    let publisher = Arc::new(OfferingPeer::new(true).await);
-    let offer = publisher.offer().await;
     let token = s.token_with("alice", "acme", &Grant::DEFAULT, 3);
-    let r = post_offer(
-        s.http,
-        &format!("/whip/{room}?name=Studio"),
-        Some(&token),
-        &offer,
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    let path = format!("/whip/{room}?name=Studio");
+    let (publisher, r, sender) = whip_publisher(&s, &path, &token).await;
     let location = r.header("location").unwrap().to_string();
-    publisher.answer(&r.body).await;
-    let sender = keep_sending(publisher.clone());
 
     let mut seen = None;
     loop {
@@ -482,6 +483,63 @@ async fn a_whip_session_ends_when_its_token_expires() {
     assert_eq!(r.status, 404, "{}", r.body);
     sender.abort();
     publisher.close().await;
+}
+
+/// Gus, of another organisation, publishes into room `room` of space `eng` with WHIP while
+/// alice watches the meeting; then alice does `removal`: Gus's participant leaves at once
+/// (reason `access`) and the session is gone.
+async fn whip_publisher_loses_access(room: &str, private: bool, removal: Value) {
+    let s = TestServer::start().await;
+    s.space("eng", "alice", "acme").await;
+    s.add("eng", "alice", "acme", "gus", "globex").await;
+    let mut alice = Peer::user(&s, Tr::Ws, "alice").await;
+    if private {
+        alice
+            .call(json!({"type": "chat.create_room", "space": "eng", "room": room, "name": "Board", "private": true}))
+            .await;
+        alice
+            .call(json!({"type": "chat.invite", "space": "eng", "room": room, "user": "gus"}))
+            .await;
+    }
+    alice
+        .call(json!({"type": "meeting.join", "space": "eng", "room": room, "mode": "sfu"}))
+        .await;
+
+    let token = s.token("gus", "globex");
+    let path = format!("/whip/{room}?space=eng&name=Studio");
+    let (publisher, r, sender) = whip_publisher(&s, &path, &token).await;
+    let location = r.header("location").unwrap().to_string();
+    let studio = loop {
+        let frame = alice.next("meeting.participants").await;
+        let found = (frame["participants"].as_array().unwrap().iter())
+            .find(|p| p["name"] == "Studio")
+            .cloned();
+        if let Some(p) = found {
+            break p;
+        }
+    };
+
+    alice.call(removal).await;
+    let gone = alice.until_state(&studio["sid"], "left").await;
+    assert_eq!(gone["reason"], "access");
+    let auth = format!("Bearer {token}");
+    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    assert!(matches!(r.status, 403 | 404), "{} {}", r.status, r.body);
+    sender.abort();
+    publisher.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_ends_when_its_user_leaves_the_space() {
+    let removal = json!({"type": "space.remove_member", "space": "eng", "user": "gus"});
+    whip_publisher_loses_access("stage", false, removal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_ends_when_its_user_leaves_the_private_room() {
+    let removal =
+        json!({"type": "chat.remove_member", "space": "eng", "room": "board", "user": "gus"});
+    whip_publisher_loses_access("board", true, removal).await;
 }
 
 fn offer_ufrag(sdp: &str) -> String {
