@@ -803,42 +803,40 @@ impl Meeting {
                 open: route.open,
             });
         }
+        // Frames to one participant, on its connection (none while it reconnects).
+        let (members, outputs) = (&self.members, &mut self.outputs);
+        let (space, room_id) = (&self.space, &self.room);
+        let to = |participant: &str, frame: MeetingFrame, outputs: &mut VecDeque<Output>| {
+            if let Some(conn) = members.get(participant).and_then(|m| m.conn) {
+                outputs.push_back(Output::Send { conn, frame });
+            }
+        };
         while let Some(change) = room.poll_layers() {
-            let Some(conn) = self.members.get(&change.participant).and_then(|m| m.conn) else {
-                continue;
+            let frame = MeetingFrame::Layers {
+                space: space.clone(),
+                room: room_id.clone(),
+                track: change.track,
+                active: change.active,
             };
-            self.outputs.push_back(Output::Send {
-                conn,
-                frame: MeetingFrame::Layers {
-                    space: self.space.clone(),
-                    room: self.room.clone(),
-                    track: change.track,
-                    active: change.active,
-                },
-            });
+            to(&change.participant, frame, outputs);
         }
         while let Some(paused) = room.poll_paused() {
-            let Some(conn) = self.members.get(&paused.participant).and_then(|m| m.conn) else {
-                continue;
+            let frame = MeetingFrame::Paused {
+                space: space.clone(),
+                room: room_id.clone(),
+                track: paused.track,
+                paused: paused.paused,
+                reason: PauseReason::Bandwidth,
             };
-            self.outputs.push_back(Output::Send {
-                conn,
-                frame: MeetingFrame::Paused {
-                    space: self.space.clone(),
-                    room: self.room.clone(),
-                    track: paused.track,
-                    paused: paused.paused,
-                    reason: PauseReason::Bandwidth,
-                },
-            });
+            to(&paused.participant, frame, outputs);
         }
         if let Some(speakers) = room.poll_speakers() {
-            let conns: Vec<ConnId> = self.members.values().filter_map(|m| m.conn).collect();
-            self.outputs.push_back(Output::Broadcast {
+            let conns: Vec<ConnId> = members.values().filter_map(|m| m.conn).collect();
+            outputs.push_back(Output::Broadcast {
                 conns,
                 frame: MeetingFrame::Speakers {
-                    space: self.space.clone(),
-                    room: self.room.clone(),
+                    space: space.clone(),
+                    room: room_id.clone(),
                     speakers: (speakers.into_iter())
                         .map(|s| ActiveSpeaker {
                             participant: s.participant,
@@ -850,18 +848,13 @@ impl Meeting {
         }
         while let Some(offer) = room.poll_offer() {
             // A reconnecting participant's offer is lost: resuming starts a new session.
-            let Some(conn) = self.members.get(&offer.participant).and_then(|m| m.conn) else {
-                continue;
+            let frame = MeetingFrame::Offer {
+                space: space.clone(),
+                room: room_id.clone(),
+                sdp: offer.sdp,
+                media: offer.media,
             };
-            self.outputs.push_back(Output::Send {
-                conn,
-                frame: MeetingFrame::Offer {
-                    space: self.space.clone(),
-                    room: self.room.clone(),
-                    sdp: offer.sdp,
-                    media: offer.media,
-                },
-            });
+            to(&offer.participant, frame, outputs);
         }
     }
 

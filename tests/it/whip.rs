@@ -104,6 +104,25 @@ pub(crate) async fn post_offer(
     request(addr, "POST", path, &headers, sdp).await
 }
 
+/// Wait until `peer` sees the WHIP publisher named "Studio" as `want` says; its entry.
+async fn until_studio(peer: &mut Peer, want: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let frame = peer.next("meeting.participants").await;
+        let found = (frame["participants"].as_array().unwrap().iter())
+            .find(|p| p["name"] == "Studio" && want(p))
+            .cloned();
+        if let Some(p) = found {
+            return p;
+        }
+    }
+}
+
+/// DELETE session `location` with `token`.
+async fn delete_session(addr: SocketAddr, location: &str, token: &str) -> Response {
+    let bearer = format!("Bearer {token}");
+    request(addr, "DELETE", location, &[("authorization", &bearer)], "").await
+}
+
 fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
     let (mime_type, clock_rate, channels, payload_type) = match kind {
         RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, 111),
@@ -330,15 +349,7 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     assert!(r.body.contains("a=ice-lite"), "{}", r.body);
 
     // Bob's page sees the publisher and its two tracks.
-    let studio = loop {
-        let frame = bob.next("meeting.participants").await;
-        let found = (frame["participants"].as_array().unwrap().iter())
-            .find(|p| p["name"] == "Studio")
-            .cloned();
-        if let Some(p) = found.filter(|p| p["tracks"].as_array().unwrap().len() == 2) {
-            break p;
-        }
-    };
+    let studio = until_studio(&mut bob, |p| p["tracks"].as_array().unwrap().len() == 2).await;
     assert_eq!(studio["user"], "alice");
     let kinds: Vec<&Value> = (studio["tracks"].as_array().unwrap().iter())
         .map(|t| &t["kind"])
@@ -408,44 +419,21 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     );
 
     // DELETE ends the session: the participant leaves the meeting.
-    let other = format!("Bearer {}", s.token("carol", "acme"));
-    let r = request(
-        s.http,
-        "DELETE",
-        &location,
-        &[("authorization", &other)],
-        "",
-    )
-    .await;
+    let r = delete_session(s.http, &location, &s.token("carol", "acme")).await;
     assert_eq!(
         r.status, 404,
         "only its own user ends a session: {}",
         r.body
     );
-    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    let r = delete_session(s.http, &location, &token).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    loop {
-        let frame = bob.next("meeting.participants").await;
-        let left = (frame["participants"].as_array().unwrap().iter())
-            .any(|p| p["sid"] == studio["sid"] && p["state"] == "left");
-        if left {
-            break;
-        }
-    }
-    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    bob.until_state(&studio["sid"], "left").await;
+    let r = delete_session(s.http, &location, &token).await;
     assert_eq!(r.status, 404, "{}", r.body);
     sender.abort();
     publisher.close().await;
 
-    let carol = format!("Bearer {}", s.token("carol", "acme"));
-    let r = request(
-        s.http,
-        "DELETE",
-        &whep_location,
-        &[("authorization", &carol)],
-        "",
-    )
-    .await;
+    let r = delete_session(s.http, &whep_location, &s.token("carol", "acme")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     player.close().await;
 }
@@ -465,21 +453,10 @@ async fn a_whip_session_ends_when_its_token_expires() {
     let (publisher, r, sender) = whip_publisher(&s, &path, &token).await;
     let location = r.header("location").unwrap().to_string();
 
-    let mut seen = None;
-    loop {
-        let frame = bob.next("meeting.participants").await;
-        let studio = (frame["participants"].as_array().unwrap().iter())
-            .find(|p| p["name"] == "Studio")
-            .cloned();
-        match (&seen, studio) {
-            (None, Some(p)) => seen = Some(p["sid"].clone()),
-            (Some(sid), Some(p)) if p["sid"] == *sid && p["state"] == "left" => break,
-            _ => {}
-        }
-    }
+    let studio = until_studio(&mut bob, |_| true).await;
+    bob.until_state(&studio["sid"], "left").await;
     // The session is gone: a fresh token of its user cannot end it any more.
-    let auth = format!("Bearer {}", s.token("alice", "acme"));
-    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    let r = delete_session(s.http, &location, &s.token("alice", "acme")).await;
     assert_eq!(r.status, 404, "{}", r.body);
     sender.abort();
     publisher.close().await;
@@ -509,21 +486,12 @@ async fn whip_publisher_loses_access(room: &str, private: bool, removal: Value) 
     let path = format!("/whip/{room}?space=eng&name=Studio");
     let (publisher, r, sender) = whip_publisher(&s, &path, &token).await;
     let location = r.header("location").unwrap().to_string();
-    let studio = loop {
-        let frame = alice.next("meeting.participants").await;
-        let found = (frame["participants"].as_array().unwrap().iter())
-            .find(|p| p["name"] == "Studio")
-            .cloned();
-        if let Some(p) = found {
-            break p;
-        }
-    };
+    let studio = until_studio(&mut alice, |_| true).await;
 
     alice.call(removal).await;
     let gone = alice.until_state(&studio["sid"], "left").await;
     assert_eq!(gone["reason"], "access");
-    let auth = format!("Bearer {token}");
-    let r = request(s.http, "DELETE", &location, &[("authorization", &auth)], "").await;
+    let r = delete_session(s.http, &location, &token).await;
     assert!(matches!(r.status, 403 | 404), "{} {}", r.status, r.body);
     sender.abort();
     publisher.close().await;
