@@ -59,7 +59,15 @@ struct YClient {
 }
 
 impl YClient {
+    /// Open `doc` and wait until the server holds it open (see `synced`).
     async fn open(s: &TestServer, doc: &str, token: &str) -> YClient {
+        let mut client = YClient::connect(s, doc, token).await;
+        client.synced().await;
+        client
+    }
+
+    /// Connect to `doc` and send step 1, without waiting for the server's answer.
+    async fn connect(s: &TestServer, doc: &str, token: &str) -> YClient {
         let url = format!("ws://{}/yjs/{doc}?token={token}", s.http);
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let mut client = YClient {
@@ -122,6 +130,25 @@ impl YClient {
         }
     }
 
+    /// Apply what the server sends until its step 2, the answer to our step 1: from then on
+    /// the server holds the document open (and has created it if it was new).
+    async fn synced(&mut self) {
+        loop {
+            match self.next().await {
+                Ok(Message::Sync(SyncMessage::SyncStep2(u))) => {
+                    apply(&self.doc, Message::Sync(SyncMessage::SyncStep2(u)));
+                    return;
+                }
+                Ok(message) => {
+                    if let Some(answer) = apply(&self.doc, message) {
+                        self.send(answer).await;
+                    }
+                }
+                Err(close) => panic!("closed ({close:?}) before the server's step 2"),
+            }
+        }
+    }
+
     /// The refusal: permission denied with a reason, then a close code.
     async fn refused(&mut self) -> (String, u16) {
         let reason = match self.next().await {
@@ -141,9 +168,8 @@ async fn refusals_are_permission_denied_then_a_final_close_code() {
     let alice = s.token("alice", "acme");
     let mut a = YClient::open(&s, "plan", &alice).await;
     a.append("secret").await;
-    a.until_text("secret").await;
 
-    let mut bob = YClient::open(&s, "plan", &s.token("bob", "globex")).await;
+    let mut bob = YClient::connect(&s, "plan", &s.token("bob", "globex")).await;
     let (reason, code) = bob.refused().await;
     assert_eq!(
         (reason.as_str(), code),
@@ -160,11 +186,12 @@ async fn refusals_are_permission_denied_then_a_final_close_code() {
     assert!(reason.contains("token"), "{reason}");
     assert_eq!(code, 4401);
 
-    let mut bad = YClient::open(&s, "no%20spaces", &alice).await;
+    let mut bad = YClient::connect(&s, "no%20spaces", &alice).await;
     assert_eq!(bad.refused().await.1, 4400);
     // None of it reached alice's document.
     a.append("!").await;
-    a.until_text("secret!").await;
+    let mut again = YClient::open(&s, "plan", &alice).await;
+    again.until_text("secret!").await;
 }
 
 #[tokio::test]
@@ -172,7 +199,6 @@ async fn users_of_one_organisation_share_documents_and_read_only_users_only_read
     let s = TestServer::start().await;
     let mut a = YClient::open(&s, "notes/today", &s.token("alice", "acme")).await;
     a.append("a").await;
-    a.until_text("a").await;
     let mut c = YClient::open(&s, "notes/today", &s.token("carol", "acme")).await;
     c.until_text("a").await;
     // A read-only user may open the document, not create one.
@@ -221,7 +247,6 @@ async fn a_cold_document_opened_by_many_at_once_is_loaded_once() {
     let alice = s.token("alice", "acme");
     let mut a = YClient::open(&s, "storm", &alice).await;
     a.append("hello").await;
-    a.until_text("hello").await;
     drop(a);
     // Evicted once nobody has it open and everything is saved.
     let docs = &s.shared.metrics.docs;
@@ -296,7 +321,6 @@ async fn the_http_api_creates_lists_exports_and_deletes_documents() {
 
     let mut a = YClient::open(&s, "specs/api", &alice).await;
     a.append("Hello").await;
-    a.until_text("Hello").await;
     let map = a.doc.get_or_insert_map("meta");
     {
         let mut txn = a.doc.transact_mut();
@@ -388,7 +412,6 @@ async fn viewers_show_in_presence_in_the_document_room() {
     // The document (and so the home space) exists before carol connects.
     let mut a = YClient::open(&s, "roadmap", &alice).await;
     a.append("x").await;
-    a.until_text("x").await;
     let mut carol = s.client(Tr::Ws, "carol", "acme").await;
     let room = json!({"space": "_acme", "id": "doc:roadmap"});
     let snapshot = carol
@@ -503,7 +526,6 @@ async fn sessions_and_y_websocket_clients_edit_one_document() {
     let s = TestServer::start().await;
     let mut a = YClient::open(&s, "shared", &s.token("alice", "acme")).await;
     a.append("a").await;
-    a.until_text("a").await;
     let mut c = SessionDoc::open(&s, "carol", "shared").await.unwrap();
     c.until_text("a").await;
     c.append("c").await;
@@ -592,7 +614,6 @@ async fn editing_through_y_websocket_keeps_a_user_active() {
     let s = TestServer::with(|c| c.presence_idle_timeout_ms = 2_000).await;
     let mut a = YClient::open(&s, "busy", &s.token("alice", "acme")).await;
     a.append("x").await;
-    a.until_text("x").await;
     let mut carol = s.client(Tr::Ws, "carol", "acme").await;
     let room = json!({"space": "_acme", "id": "doc:busy"});
     carol
