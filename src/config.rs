@@ -137,8 +137,8 @@ pub struct Config {
     /// Default 1,000; 100 to 60,000.
     pub sfu_keyframe_interval_ms: u64,
     /// SFU: estimate the bandwidth towards each participant and keep what it is sent within
-    /// the estimate (lower simulcast layers, then paused video; audio always). Default off:
-    /// on a loaded machine, late feedback keeps estimates low and videos paused.
+    /// the estimate (lower simulcast layers, then, once its link loses packets, paused video;
+    /// audio always). Default on.
     pub sfu_bandwidth_estimation: bool,
     /// SFU: media sessions the UDP router knows at most, over all meetings. Default 10,000;
     /// 1 to 1,000,000.
@@ -192,7 +192,7 @@ impl Default for Config {
             sfu_advertise: Vec::new(),
             sfu_max_tracks: 200,
             sfu_keyframe_interval_ms: 1_000,
-            sfu_bandwidth_estimation: false,
+            sfu_bandwidth_estimation: true,
             sfu_max_sessions: 10_000,
         }
     }

@@ -13,6 +13,13 @@
 //! session's pacer (which sends at about the estimate) never builds a backlog: the session is
 //! fed what it sends, plus that burst.
 //!
+//! The estimate alone never pauses a video that flows: delay-based estimates fall when a
+//! subscriber's machine is busy and reports arrival times late, with nothing lost on the way.
+//! Until a subscriber's link loses packets ([`PAUSE_LOSS`] of them within [`LOSS_MEMORY`]),
+//! every video it receives keeps at least its lowest layer, and an estimate below what those
+//! layers take is raised to it (the session's pacer sends at about its estimate). Once the
+//! link loses packets, the estimate decides alone, and pauses what does not fit.
+//!
 //! The estimate only grows while there is something to discover: each session probes for
 //! what its subscriber would receive without a limit (the layers its elements need, at the
 //! publishers' measured bitrates, with headroom for the next layer up), capped by
@@ -31,6 +38,13 @@ const USABLE_PERCENT: u64 = 95;
 const BURST: Duration = Duration::from_millis(250);
 /// The least burst, so a frame of a low layer always fits a low estimate.
 const MIN_BURST_BYTES: u64 = 16_000;
+/// The share of packets lost towards a subscriber (over str0m's last second) that shows its
+/// link congested: from then on, for [`LOSS_MEMORY`], its estimate may pause videos.
+pub(super) const PAUSE_LOSS: f32 = 0.05;
+/// How long a subscriber's link counts as lossy after losing [`PAUSE_LOSS`] of its packets.
+pub(super) const LOSS_MEMORY: Duration = Duration::from_secs(10);
+/// The least time between two raises of a session's estimate to what its videos keep.
+const RAISE_INTERVAL: Duration = Duration::from_secs(1);
 /// A session's probing target is changed only when it moves by more than this (in percent),
 /// so measurement noise does not reconfigure the estimator every interval.
 const RETARGET_PERCENT: u64 = 10;
@@ -43,6 +57,9 @@ pub(super) struct Demand {
     pub(super) layers: Vec<(usize, u64)>,
     /// The layer it gets now (none: paused, or not started).
     pub(super) current: Option<usize>,
+    /// It keeps its lowest layer whatever the budget: the subscriber's link lost nothing of
+    /// late, and the track was not paused for bandwidth before.
+    pub(super) keep: bool,
 }
 
 impl Demand {
@@ -53,7 +70,8 @@ impl Demand {
 }
 
 /// Allocate `budget` bits per second (none: no limit) among `demands`, in priority order:
-/// the layer (index into [`LAYERS`]) each gets, none for paused.
+/// the layer (index into [`LAYERS`]) each gets, none for paused. The tracks that `keep` their
+/// lowest layer get it first, even beyond the budget.
 pub(super) fn allocate(demands: &[Demand], budget: Option<u64>) -> Vec<Option<usize>> {
     let Some(mut left) = budget else {
         return (demands.iter())
@@ -61,7 +79,13 @@ pub(super) fn allocate(demands: &[Demand], budget: Option<u64>) -> Vec<Option<us
             .collect();
     };
     // The place in its `layers` each got.
-    let mut got: Vec<Option<usize>> = vec![None; demands.len()];
+    let mut got: Vec<Option<usize>> = (demands.iter())
+        .map(|d| {
+            let lowest = d.layers.first().filter(|_| d.keep)?;
+            left = left.saturating_sub(lowest.1);
+            Some(0)
+        })
+        .collect();
     for round in 0..LAYERS.len() {
         for (d, got) in demands.iter().zip(got.iter_mut()) {
             let next = got.map_or(0, |g| g + 1);
@@ -101,11 +125,7 @@ pub(super) fn probe_target(
 ) -> (u64, u64) {
     let full: u64 = audio + demands.iter().map(Demand::full).sum::<u64>();
     let desired = (full * UPGRADE_MARGIN_QUARTERS / 4).min(max);
-    let now: u64 = audio
-        + (demands.iter().zip(allocated))
-            .filter_map(|(d, a)| a.and_then(|a| d.layers.iter().find(|(l, _)| *l == a)))
-            .map(|&(_, bitrate)| bitrate)
-            .sum::<u64>();
+    let now = audio + allocated_bitrate(demands, allocated);
     // The cheapest step up of any track.
     let step = (demands.iter().zip(allocated))
         .filter_map(|(d, a)| {
@@ -120,6 +140,14 @@ pub(super) fn probe_target(
         .map_or(0, |s| (now + s) * 100 / USABLE_PERCENT)
         .min(desired);
     (minimum, desired)
+}
+
+/// The bitrate of the layers `allocated` to `demands`.
+fn allocated_bitrate(demands: &[Demand], allocated: &[Option<usize>]) -> u64 {
+    (demands.iter().zip(allocated))
+        .filter_map(|(d, a)| a.and_then(|a| d.layers.iter().find(|(l, _)| *l == a)))
+        .map(|&(_, bitrate)| bitrate)
+        .sum()
 }
 
 /// Whether the estimator's target moved enough from `asked` to `target` to be changed.
@@ -194,6 +222,7 @@ impl Room {
         };
         let speakers = self.speakers.ranked();
         let mut audio = 0;
+        let lossy = session.lossy_until.is_some_and(|until| until > self.now);
         // (priority, track, demand), for the video tracks it shows.
         let mut wants: Vec<(_, &String, Demand)> = Vec::new();
         for (sid, t) in &self.tracks {
@@ -208,7 +237,7 @@ impl Room {
                 continue;
             }
             let size = session.layouts.get(sid).copied();
-            let demand = t.simulcast.demand(size, t.forwards.get(subscriber));
+            let demand = t.simulcast.demand(size, t.forwards.get(subscriber), !lossy);
             let speaking = speakers.iter().position(|s| *s == t.owner);
             let area = size.map_or(u64::MAX, |(w, h)| u64::from(w) * u64::from(h));
             wants.push(((speaking.unwrap_or(usize::MAX), Reverse(area)), sid, demand));
@@ -220,6 +249,20 @@ impl Room {
         let allocated = allocate(&demands, budget);
         let target = probe_target(&demands, &allocated, audio, self.config.max_bitrate);
         let session = self.sessions.get_mut(subscriber).expect("checked above");
+        // What the kept layers take beyond the estimate: raise the estimate (and so the
+        // pacer's rate) to it.
+        let needed = (audio + allocated_bitrate(&demands, &allocated)) * 100 / USABLE_PERCENT;
+        if let Some(estimate) = session.estimate
+            && estimate < needed
+            && !lossy
+            && session
+                .raised
+                .is_none_or(|at| self.now >= at + RAISE_INTERVAL)
+        {
+            session.raised = Some(self.now);
+            session.estimate = Some(needed);
+            session.rtc.bwe().reset(Bitrate::bps(needed));
+        }
         // Until media is measured, it keeps probing for the most it may take.
         let measured = target.1 > 0;
         if measured && session.estimate.is_some() && retarget(session.asked, target) {
@@ -262,6 +305,7 @@ mod tests {
         Demand {
             layers: layers.to_vec(),
             current,
+            keep: false,
         }
     }
 
@@ -288,6 +332,22 @@ mod tests {
         // A track limited to a lower layer by its element leaves the rest to the others.
         let d = [demand(&THREE[..1], Some(0)), demand(&THREE, Some(2))];
         assert_eq!(allocate(&d, Some(1_600_000)), [Some(0), Some(2)]);
+    }
+
+    #[test]
+    fn kept_tracks_get_their_lowest_layer_beyond_the_budget() {
+        let keep = |current| Demand {
+            keep: true,
+            ..demand(&THREE, current)
+        };
+        let d = [keep(Some(1)), keep(Some(0))];
+        assert_eq!(allocate(&d, Some(150_000)), [Some(0), Some(0)]);
+        assert_eq!(allocate(&d, Some(0)), [Some(0), Some(0)]);
+        // What the lowest layers leave goes up as usual.
+        assert_eq!(allocate(&d, Some(600_000)), [Some(1), Some(0)]);
+        // Not kept: paused.
+        let d = [keep(Some(0)), demand(&THREE, Some(0))];
+        assert_eq!(allocate(&d, Some(150_000)), [Some(0), None]);
     }
 
     #[test]

@@ -53,11 +53,10 @@ pub struct RoomConfig {
     /// The same for audio lines (default 100: two seconds of 20 ms Opus packets).
     pub send_buffer_audio: usize,
     /// Estimate the bandwidth towards each session (from transport-wide congestion control
-    /// feedback) and keep what it is sent within the estimate: lower simulcast layers, then
-    /// paused video (see [`Room::poll_paused`]), audio always. Off by default: on a loaded
-    /// machine, feedback that arrives late keeps estimates low and videos paused (five
-    /// Chromium pages on two busy cores did not see each other). Off, every subscriber gets
-    /// the layers its elements need, whatever its link.
+    /// feedback) and keep what it is sent within the estimate: lower simulcast layers, then,
+    /// once its link loses packets, paused video (see [`Room::poll_paused`]); audio always.
+    /// On by default. Off, every subscriber gets the layers its elements need, whatever its
+    /// link.
     pub bandwidth_estimation: bool,
     /// The bandwidth assumed towards a new session until its estimate says otherwise.
     pub initial_bitrate: u64,
@@ -77,7 +76,7 @@ impl Default for RoomConfig {
             keyframe_interval: Duration::from_secs(1),
             send_buffer_video: 1000,
             send_buffer_audio: 100,
-            bandwidth_estimation: false,
+            bandwidth_estimation: true,
             initial_bitrate: 1_000_000,
             max_bitrate: 20_000_000,
             speakers: SpeakerConfig::default(),
@@ -194,6 +193,10 @@ struct Session {
     asked: (u64, u64),
     /// Bounds what waits in it to be sent to a burst at its estimate.
     budget: bandwidth::Budget,
+    /// Until when its link counts as lossy (see [`bandwidth::PAUSE_LOSS`]).
+    lossy_until: Option<Instant>,
+    /// When its estimate was last raised to what its videos keep.
+    raised: Option<Instant>,
     /// WHIP/WHEP: the client made the offer; the session is never offered anything.
     client: Option<whip::ClientSession>,
 }
@@ -359,6 +362,8 @@ impl Room {
             estimate: estimation.map(|e| e.as_u64()),
             asked,
             budget: bandwidth::Budget::default(),
+            lossy_until: None,
+            raised: None,
             client: None,
         };
         self.sessions.insert(participant.to_string(), session);
@@ -864,6 +869,9 @@ impl Room {
                     && let Some(estimate) = stats.bwe_tx
                 {
                     session.estimate = Some(estimate.as_u64());
+                    if (stats.egress_loss_fraction).is_some_and(|f| f >= bandwidth::PAUSE_LOSS) {
+                        session.lossy_until = Some(self.now + bandwidth::LOSS_MEMORY);
+                    }
                 }
             }
             Event::KeyframeRequest(request) => {

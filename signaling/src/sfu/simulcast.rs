@@ -172,10 +172,13 @@ impl Layers {
     /// What a subscriber showing the track at `size`, forwarded as `forward`, may get: the
     /// layers seen up to the one its element needs (only the lowest when the publisher does
     /// not simulcast), and the bitrates measured.
+    /// What the track asks of a subscriber showing it at `size`; `keep` is whether it keeps
+    /// its lowest layer whatever the estimate (see [`bandwidth::Demand::keep`]).
     pub(super) fn demand(
         &self,
         size: Option<(u32, u32)>,
         forward: Option<&Forward>,
+        keep: bool,
     ) -> bandwidth::Demand {
         let top = if self.rids { self.pick(size) } else { 0 };
         let layers = (0..=top)
@@ -185,6 +188,8 @@ impl Layers {
         bandwidth::Demand {
             layers,
             current: forward.and_then(|f| f.current),
+            // A track paused for bandwidth comes back only when the estimate allows.
+            keep: keep && forward.is_none_or(|f| f.target.is_some()),
         }
     }
 
@@ -420,7 +425,7 @@ mod tests {
     fn a_demand_lists_the_layers_seen_up_to_the_one_needed() {
         let mut layers = Layers::default();
         // Without simulcast, one layer.
-        assert_eq!(layers.demand(None, None).layers, [(0, 0)]);
+        assert_eq!(layers.demand(None, None, true).layers, [(0, 0)]);
         layers.rids = true;
         for (i, bitrate) in [100_000, 400_000, 1_500_000].into_iter().enumerate() {
             layers.layers[i].bitrate = bitrate;
@@ -429,10 +434,15 @@ mod tests {
         layers.layers[2].seen = true;
         let mut forward = Forward::new(Some(0));
         forward.current = Some(0);
-        let demand = layers.demand(None, Some(&forward));
+        let demand = layers.demand(None, Some(&forward), true);
         assert_eq!(demand.layers, [(0, 100_000), (2, 1_500_000)]);
         assert_eq!(demand.current, Some(0));
-        assert_eq!(layers.demand(Some((320, 180)), None).layers, [(0, 100_000)]);
+        assert!(demand.keep);
+        let new = layers.demand(Some((320, 180)), None, true);
+        assert_eq!((new.layers, new.keep), (vec![(0, 100_000)], true));
+        // Paused for bandwidth, or on a lossy link: the estimate decides alone.
+        assert!(!layers.demand(None, Some(&Forward::new(None)), true).keep);
+        assert!(!layers.demand(None, Some(&forward), false).keep);
     }
 
     #[test]

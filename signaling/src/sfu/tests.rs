@@ -381,21 +381,13 @@ fn stun_usernames_name_the_receiving_session() {
     assert_eq!(stun_ufrag(&[]), None);
 }
 
-/// A room that estimates the bandwidth towards each session (off by default).
-fn with_estimation() -> RoomConfig {
-    RoomConfig {
-        bandwidth_estimation: true,
-        ..RoomConfig::default()
-    }
-}
-
 /// Eight videos to one viewer, more than its bandwidth estimate starts at (1 Mbit/s), with
 /// estimation on: every frame arrives, in order, as the estimate grows to what the viewer
 /// needs. (Fed beyond the estimate, str0m's pacer would queue the excess; kept within it
 /// without running the pacer's due timeouts at once, whole videos would be paused.)
 #[test]
 fn a_viewer_of_many_videos_gets_every_frame() {
-    let mut net = Net::new(with_estimation());
+    let mut net = Net::new(RoomConfig::default());
     let publishers = many_videos(&mut net, 8);
     // Each send takes 10 ms: 8 videos of 12.5 frames/s of 3,000 bytes, 2.4 Mbit/s, for 16 s.
     let rounds = 200;
@@ -440,7 +432,7 @@ fn many_videos(net: &mut Net, n: usize) -> Vec<String> {
 /// and the estimate grows to it; hiding videos lowers it.
 #[test]
 fn the_estimate_grows_to_the_demand() {
-    let mut net = Net::new(with_estimation());
+    let mut net = Net::new(RoomConfig::default());
     let publishers = many_videos(&mut net, 4);
     // 4 videos of 20 frames/s of 3,000 bytes: 1.92 Mbit/s, about twice the start.
     let send = |net: &mut Net, rounds: usize| {
@@ -485,7 +477,7 @@ fn the_estimate_grows_to_the_demand() {
 
 /// Alice publishes a video in three layers and an audio track; bob receives both.
 fn video_and_audio() -> Net {
-    let mut net = Net::new(with_estimation());
+    let mut net = Net::new(RoomConfig::default());
     net.join("alice");
     (net.room.publish("alice", "t-video", TrackKind::Video)).unwrap();
     net.room.simulcast("t-video").unwrap();
@@ -573,4 +565,25 @@ fn a_constrained_subscriber_steps_down_keeps_audio_and_recovers() {
     assert!(audio >= 450, "{audio} audio packets");
     let resumed = std::iter::from_fn(|| net.room.poll_paused()).last();
     assert_eq!(resumed.map(|p| p.paused), Some(false));
+}
+
+/// A low estimate with nothing lost (a busy subscriber reporting arrival times late) never
+/// pauses a video that flows: it keeps its lowest layer, and the estimate is raised to it.
+#[test]
+fn an_estimate_that_falls_without_loss_keeps_the_lowest_layer() {
+    let mut net = video_and_audio();
+    let mut i = 0;
+    stream_media(&mut net, 6, &mut i);
+    let mut audio = 0;
+    for _ in 0..5 {
+        let bob = net.room.sessions.get_mut("bob").unwrap();
+        bob.rtc.bwe().reset(Bitrate::kbps(50));
+        let (layers, a) = stream_media(&mut net, 1, &mut i);
+        // A frame and an audio packet every 30 ms.
+        assert!(layers.len() >= 30, "{layers:?}");
+        audio += a;
+    }
+    assert!(audio >= 160, "{audio} audio packets");
+    assert_eq!(net.room.poll_paused(), None);
+    assert!(net.room.sessions["bob"].raised.is_some());
 }
