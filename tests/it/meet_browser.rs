@@ -242,3 +242,16 @@ async fn reconnect_after_the_grace_joins_anew_in_sfu_mode() {
 async fn negative_control_without_devices() {
     scenario("negative-control.mjs").await;
 }
+
+/// Active speakers through the SFU: every page lists the participant whose microphone (a
+/// steady tone) is on and outlines its tile, never a muted one's; when the speaker mutes and
+/// another unmutes, the outline moves; with every microphone muted none is outlined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_speaker_is_outlined() {
+    scenario_with(
+        "speakers.mjs",
+        |c| c.meeting_sfu_from = 1,
+        &[("MEET_TIMEOUT_MS", "60000")],
+    )
+    .await;
+}
