@@ -67,6 +67,12 @@ function showNotice(text) {
 // ---- tiles
 
 const tiles = new Map(); // key -> {el, video, stream, unobserve}
+let loudest = null; // the loudest speaker's sid, as last listed
+
+// A participant's tile (not its screen share) is highlighted while it is the loudest speaker.
+function renderSpeaking(t) {
+  t.el.classList.toggle("speaking", !t.el.classList.contains("screen") && t.el.dataset.sid === loudest);
+}
 
 function tileKey(sid, source) {
   return source === "screen_share" || source === "screen_share_audio" ? `${sid}:screen` : sid;
@@ -86,6 +92,7 @@ function tile(key, { label, name = label, local = false, screen = false, sid }) 
     if (screen) el.classList.add("screen");
     t = { el, video, stream };
     tiles.set(key, t);
+    renderSpeaking(t);
     if (local) ui.tiles.prepend(el);
     else ui.tiles.append(el);
   }
@@ -286,12 +293,8 @@ function wire(meeting, client) {
     renderState(t, meeting.participants.get(participant.sid)?.tracks ?? []);
   });
   meeting.on("speakers", ({ speakers }) => {
-    // The loudest speaker's tile is highlighted (the others' tiles are not).
-    const top = speakers[0]?.participant;
-    for (const [key, t] of tiles) {
-      const sid = key === "self" ? meeting.self?.sid : key;
-      t.el.classList.toggle("speaking", top !== undefined && sid === top);
-    }
+    loudest = speakers[0]?.participant ?? null;
+    for (const t of tiles.values()) renderSpeaking(t);
   });
   meeting.on("left", ({ reason }) => {
     setState("left");

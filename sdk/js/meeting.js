@@ -406,6 +406,8 @@ export class Meeting extends Emitter {
       participants: [...this.participants.values()],
       grants: this.grants,
     });
+    // Who speaks already: `meeting.speakers` frames only tell changes.
+    if (this.mode === "sfu") this.emit("speakers", { speakers: reply.speakers ?? [] });
   }
 
   async #resume() {

@@ -1017,6 +1017,13 @@ impl Meeting {
             grants: self.members[sid].grants,
             ice_servers: Vec::new(),
             mode: self.mode(),
+            speakers: (self.sfu.iter())
+                .flat_map(|room| room.speakers())
+                .map(|s| ActiveSpeaker {
+                    participant: s.participant.clone(),
+                    level: s.level,
+                })
+                .collect(),
         }
     }
 

@@ -120,7 +120,6 @@ pub struct MediaLine {
     pub kind: TrackKind,
 }
 
-/// A trickled ICE candidate, as `RTCIceCandidateInit` has it.
 /// A participant speaking, with its level from 0 (just speaking) to 100 (the loudest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveSpeaker {
@@ -128,6 +127,7 @@ pub struct ActiveSpeaker {
     pub level: u8,
 }
 
+/// A trickled ICE candidate, as `RTCIceCandidateInit` has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     pub candidate: String,
@@ -178,6 +178,9 @@ pub struct JoinReply {
     /// How the meeting carries media now (a `meeting.mode` frame tells a later switch).
     #[serde(default)]
     pub mode: MeetingMode,
+    /// SFU mode: who speaks now, loudest first (`meeting.speakers` frames tell the changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speakers: Vec<ActiveSpeaker>,
 }
 
 /// Every `meeting.*` request a client may send.

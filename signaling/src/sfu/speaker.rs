@@ -171,6 +171,13 @@ impl Speakers {
     }
 }
 
+impl super::Room {
+    /// The active speakers as last listed, loudest first.
+    pub fn speakers(&self) -> &[Speaker] {
+        &self.speakers.sent
+    }
+}
+
 /// Loudness `mean` (at least `floor`, where speaking stops) as a level from 0 to 100 in steps.
 fn level(mean: u8, floor: u8) -> u8 {
     let span = u32::from(127 - floor).max(1);

@@ -294,6 +294,8 @@ fn audio_levels_name_the_active_speakers() {
     assert_eq!(last.len(), 1, "{lists:?}");
     assert_eq!(last[0].participant, "bob");
     assert!(last[0].level >= 50, "{last:?}");
+    // What a participant joining now is told.
+    assert_eq!(net.room.speakers(), last.as_slice());
     // Bob leaves: the list empties.
     net.leave("bob");
     net.run(100);
