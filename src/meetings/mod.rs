@@ -243,9 +243,10 @@ struct MeetingTask {
     me: mpsc::WeakSender<Command>,
     /// The outboxes of the connections in the meeting.
     outboxes: HashMap<ConnId, Arc<Outbox>>,
-    /// Presence changes of connections, told in order by a helper task.
-    presence: mpsc::Sender<(ConnId, PresenceRequest)>,
-    presence_rx: Option<mpsc::Receiver<(ConnId, PresenceRequest)>>,
+    /// Presence changes of connections, told in order by a helper task; `None`: close the
+    /// connection (a WHIP/WHEP session's).
+    presence: mpsc::Sender<(ConnId, Option<PresenceRequest>)>,
+    presence_rx: Option<mpsc::Receiver<(ConnId, Option<PresenceRequest>)>>,
     /// Participants counted in the metrics.
     counted: usize,
     plan: Plan,
@@ -417,8 +418,13 @@ impl MeetingTask {
         let presence = self.inner.presence.clone();
         self.inner.tasks.spawn(async move {
             while let Some((conn, request)) = queue.recv().await {
-                // Best effort: a closed connection has left presence already.
-                let _ = presence.tell(conn, request).await;
+                match request {
+                    // Best effort: a closed connection has left presence already.
+                    Some(request) => {
+                        let _ = presence.tell(conn, request).await;
+                    }
+                    None => presence.disconnect(conn).await,
+                }
             }
         });
     }
@@ -604,9 +610,12 @@ impl MeetingTask {
                         ]
                     };
                     for request in requests {
-                        if self.presence.try_send((conn, request)).is_err() {
+                        if self.presence.try_send((conn, Some(request))).is_err() {
                             tracing::debug!(conn, "presence queue full: meeting flag not told");
                         }
+                    }
+                    if !in_meeting {
+                        self.left_presence(conn);
                     }
                 }
                 Output::SwitchToSfu => self.switch(core),

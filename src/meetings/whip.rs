@@ -11,9 +11,16 @@
 //! The handlers check the request (token, grants, content type, size, room access) and hand
 //! it to the meeting's task, which alone touches the meeting: the participant joins with a
 //! connection id of its own (from the server's allocator) that has no outbox.
+//!
+//! A session shows in presence as its token's user, in the room and its meeting, as a
+//! participant's connection does (WHEP viewers too: they are participants of the meeting).
+//! Having no session connection, it gets a presence connection of its own: the `POST` handler
+//! opens it before the meeting's task starts the session, and the task closes it, in order
+//! after the session's leaving the room, once the participant is gone, however it went.
 
 use super::{MeetingTask, Meetings};
 use crate::access::{Claims, Grant};
+use crate::hub::Outbox;
 use crate::server::Shared;
 use crate::spaces::{ServiceError, home_id};
 use axum::body::Bytes;
@@ -26,8 +33,9 @@ use signaling::sfu::RoomError;
 use signaling::sfu::whip::{ClientRole, Fragment, check_client_offer, read_fragment, remote_ufrag};
 use signaling::wire::{Grants, IceServer, MeetingMode, TrackKind, TrackSource};
 use signaling::{ConnId, Joiner, Meeting};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -130,6 +138,7 @@ pub(crate) enum Command {
 }
 
 /// Join `conn` as a participant whose client offered `sdp`; `resource` names the session.
+#[derive(Clone)]
 pub(crate) struct Start {
     resource: String,
     conn: ConnId,
@@ -153,6 +162,9 @@ pub(crate) struct Started {
 #[derive(Default)]
 pub(crate) struct Clients {
     sessions: HashMap<String, Client>,
+    /// The connections of sessions whose participant is in the meeting: their presence
+    /// connections close when it leaves.
+    present: HashSet<ConnId>,
 }
 
 struct Client {
@@ -172,7 +184,16 @@ impl MeetingTask {
     pub(super) fn whip(&mut self, core: &mut Meeting, command: Command) {
         match command {
             Command::Start { start, done } => {
-                let _ = done.send(self.start_client(core, start));
+                let conn = start.conn;
+                let started = self.start_client(core, start);
+                // The handler opened the session's presence connection: it closes with the
+                // participant's leaving, or now if the session did not start.
+                if core.sid_of(conn).is_some() {
+                    self.whip.present.insert(conn);
+                } else {
+                    self.close_presence(conn);
+                }
+                let _ = done.send(started);
             }
             Command::Patch {
                 resource,
@@ -307,6 +328,27 @@ impl MeetingTask {
             }
         }
         (self.whip.sessions).retain(|_, c| core.sid_of(c.conn).is_some());
+    }
+}
+
+impl MeetingTask {
+    /// Participant `conn` left the meeting (presence was told): if it is a WHIP/WHEP
+    /// session's, its presence connection closes.
+    pub(super) fn left_presence(&mut self, conn: ConnId) {
+        if self.whip.present.remove(&conn) {
+            self.close_presence(conn);
+        }
+    }
+
+    /// Close WHIP/WHEP session `conn`'s presence connection, after what presence was told of
+    /// it. Never lost: the user would show online for ever.
+    fn close_presence(&self, conn: ConnId) {
+        if let Err(TrySendError::Full(told)) = self.presence.try_send((conn, None)) {
+            let presence = self.presence.clone();
+            tokio::spawn(async move {
+                let _ = presence.send(told).await;
+            });
+        }
     }
 }
 
@@ -475,7 +517,7 @@ async fn whep_delete(
 }
 
 async fn offer(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     role: ClientRole,
     room: Result<Path<String>, PathRejection>,
     params: Result<Query<OfferParams>, QueryRejection>,
@@ -514,43 +556,30 @@ async fn offer(
         },
     };
     let resource = crate::spaces::random_id();
-    let conn = shared.next_conn_id();
-    let mut started = None;
-    for _ in 0..START_ATTEMPTS {
-        let plan = super::Plan {
-            mode: MeetingMode::Sfu,
-            sfu_participants: 0,
-        };
-        let commands = shared.meetings.task(&space, &room, plan);
-        let (done, answer) = oneshot::channel();
-        let start = Start {
-            resource: resource.clone(),
-            conn,
-            joiner: joiner.clone(),
-            role,
-            sdp: sdp.clone(),
-            follow: params.participant.clone(),
-            expires_ms: claims.exp.saturating_mul(1000),
-        };
-        let start = Command::Start { start, done };
-        if commands.send(super::Command::Whip(start)).await.is_ok()
-            && let Ok(result) = answer.await
-        {
-            started = Some(result?);
-            break;
-        }
-        if shared.shutdown.is_cancelled() {
-            break;
-        }
-        // The task was ending: forget it (if nobody did yet) and start a new one.
-        shared.meetings.forget(&space, &room, &commands);
-    }
-    let Some(started) = started else {
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the meeting is not available; retry",
-        ));
+    let start = Start {
+        resource: resource.clone(),
+        conn: shared.next_conn_id(),
+        joiner,
+        role,
+        sdp,
+        follow: params.participant,
+        expires_ms: claims.exp.saturating_mul(1000),
     };
+    // Starting runs to its end even if the client hangs up meanwhile: the presence
+    // connection it opens must reach the meeting's task, which closes it, or be closed.
+    let starting = start_session(
+        shared.clone(),
+        claims.clone(),
+        space.clone(),
+        room.clone(),
+        start,
+    );
+    let started = (shared.tasks.spawn(starting).await).map_err(|_| {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the session did not start",
+        )
+    })??;
     let location = format!("/{}/{room}/{resource}?space={space}", path_of(role));
     let mut response = (StatusCode::CREATED, started.answer).into_response();
     let h = response.headers_mut();
@@ -562,6 +591,51 @@ async fn offer(
     links(h, &servers)?;
     cors(h);
     Ok(response)
+}
+
+/// Open `start`'s presence connection (see the module docs) and start the session in the
+/// meeting of `room` of `space`, in a new task if the one there is ending.
+async fn start_session(
+    shared: Arc<Shared>,
+    claims: Claims,
+    space: String,
+    room: String,
+    start: Start,
+) -> Result<Started, Refusal> {
+    // The presence connection never subscribes, and presence queues no replies for it
+    // (`tell`): nothing is ever pushed to its outbox.
+    let outbox = Arc::new(Outbox::new(start.conn, 0, shared.metrics.clone()));
+    (shared.presence)
+        .connect(&shared.spaces, start.conn, &claims, outbox)
+        .await;
+    for _ in 0..START_ATTEMPTS {
+        let plan = super::Plan {
+            mode: MeetingMode::Sfu,
+            sfu_participants: 0,
+        };
+        let commands = shared.meetings.task(&space, &room, plan);
+        let (done, answer) = oneshot::channel();
+        let command = Command::Start {
+            start: start.clone(),
+            done,
+        };
+        if commands.send(super::Command::Whip(command)).await.is_ok()
+            && let Ok(result) = answer.await
+        {
+            // The task took the session, and its presence connection.
+            return result;
+        }
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        // The task was ending: forget it (if nobody did yet) and start a new one.
+        shared.meetings.forget(&space, &room, &commands);
+    }
+    shared.presence.disconnect(start.conn).await;
+    Err(Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the meeting is not available; retry",
+    ))
 }
 
 async fn patch(

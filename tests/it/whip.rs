@@ -6,7 +6,9 @@ use crate::util::{TestServer, Tr};
 use chorus::access::Grant;
 use chorus::bench::rtc_peer::media::{OPUS_SILENCE, vp8_payload};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+};
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection as Direction;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -15,8 +17,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use webrtc::media_stream::track_local::TrackLocal;
@@ -24,7 +26,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCSessionDescription, Registry, register_default_interceptors,
+    RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 
@@ -123,21 +126,55 @@ async fn delete_session(addr: SocketAddr, location: &str, token: &str) -> Respon
     request(addr, "DELETE", location, &[("authorization", &bearer)], "").await
 }
 
-fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
-    let (mime_type, clock_rate, channels, payload_type) = match kind {
-        RtpCodecKind::Audio => (MIME_TYPE_OPUS, 48_000, 2, 111),
-        _ => (MIME_TYPE_VP8, 90_000, 0, 96),
+/// The video codecs a peer may offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Video {
+    Vp8,
+    /// As OBS offers it: constrained baseline, packetization mode 1.
+    H264,
+}
+
+/// Payload type 96 carries the video codec, as OBS has it; 111 Opus.
+fn codec(kind: RtpCodecKind, video: Video) -> RTCRtpCodecParameters {
+    let (mime_type, clock_rate, channels, payload_type, fmtp) = match (kind, video) {
+        (RtpCodecKind::Audio, _) => (MIME_TYPE_OPUS, 48_000, 2, 111, ""),
+        (_, Video::Vp8) => (MIME_TYPE_VP8, 90_000, 0, 96, ""),
+        (_, Video::H264) => (
+            MIME_TYPE_H264,
+            90_000,
+            0,
+            96,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        ),
     };
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: mime_type.to_owned(),
             clock_rate,
             channels,
-            sdp_fmtp_line: String::new(),
+            sdp_fmtp_line: fmtp.to_owned(),
             rtcp_feedback: Vec::new(),
         },
         payload_type,
     }
+}
+
+/// One H.264 access unit as one RTP payload, numbered `seq`: a keyframe is an aggregation
+/// packet (STAP-A) of SPS, PPS and an IDR slice, a delta frame one P slice.
+fn h264_payload(keyframe: bool, seq: u16) -> bytes::Bytes {
+    let [hi, lo] = seq.to_be_bytes();
+    let slice = [if keyframe { 0x65 } else { 0x41 }, 0x88, 0x84, hi, lo];
+    if !keyframe {
+        return bytes::Bytes::copy_from_slice(&slice);
+    }
+    let sps = [0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5];
+    let pps = [0x68, 0xce, 0x3c, 0x80];
+    let mut stap = vec![24];
+    for nalu in [&sps[..], &pps[..], &slice[..]] {
+        stap.extend((nalu.len() as u16).to_be_bytes());
+        stap.extend(nalu);
+    }
+    stap.into()
 }
 
 /// Counts what a playing peer receives.
@@ -145,6 +182,10 @@ fn codec(kind: RtpCodecKind) -> RTCRtpCodecParameters {
 struct Received {
     audio: AtomicU64,
     video: AtomicU64,
+    /// The first video packet: its payload type and payload.
+    first_video: Mutex<Option<(u8, bytes::Bytes)>>,
+    /// The peer connection connected (and, for a publisher, its media goes out).
+    connected: tokio::sync::Notify,
 }
 
 struct Handler {
@@ -153,12 +194,22 @@ struct Handler {
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.received.connected.notify_one();
+        }
+    }
+
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = self.received.clone();
         tokio::spawn(async move {
             let video = track.kind().await == RtpCodecKind::Video;
             while let Some(event) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(_) = event {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
+                    if video {
+                        let mut first = received.first_video.lock().unwrap();
+                        first.get_or_insert((packet.header.payload_type, packet.payload));
+                    }
                     let counter = if video {
                         &received.video
                     } else {
@@ -171,10 +222,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// A webrtc-rs peer that offers, as WHIP and WHEP clients do: a VP8 and an Opus line, sending
-/// (WHIP) or receiving (WHEP).
+/// A webrtc-rs peer that offers, as WHIP and WHEP clients do: a video (VP8 or H.264) and an
+/// Opus line, sending (WHIP) or receiving (WHEP).
 pub(crate) struct OfferingPeer {
     pc: Arc<dyn PeerConnection>,
+    video: Video,
     /// WHIP: the tracks sent, with their SSRCs.
     tracks: Vec<(Arc<TrackLocalStaticRTP>, u32, RtpCodecKind)>,
     received: Arc<Received>,
@@ -182,9 +234,13 @@ pub(crate) struct OfferingPeer {
 
 impl OfferingPeer {
     pub async fn new(send: bool) -> OfferingPeer {
+        OfferingPeer::with_video(send, Video::Vp8).await
+    }
+
+    pub async fn with_video(send: bool, video: Video) -> OfferingPeer {
         let mut media = MediaEngine::default();
         for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-            media.register_codec(codec(kind), kind).unwrap();
+            media.register_codec(codec(kind, video), kind).unwrap();
         }
         let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
         let received = Arc::new(Received::default());
@@ -217,7 +273,7 @@ impl OfferingPeer {
                             ssrc: Some(ssrc),
                             ..Default::default()
                         },
-                        codec: codec(kind).rtp_codec,
+                        codec: codec(kind, video).rtp_codec,
                         ..Default::default()
                     }],
                 )));
@@ -243,6 +299,7 @@ impl OfferingPeer {
         }
         OfferingPeer {
             pc,
+            video,
             tracks,
             received,
         }
@@ -261,11 +318,12 @@ impl OfferingPeer {
         self.pc.set_remote_description(answer).await.unwrap();
     }
 
-    /// Send one VP8 frame (a keyframe when `keyframe`) and one Opus frame, as packet `seq`.
+    /// Send one video frame (a keyframe when `keyframe`) and one Opus frame, as packet `seq`.
     pub async fn send(&self, seq: u16, keyframe: bool) {
         for (track, ssrc, kind) in &self.tracks {
-            let (payload, payload_type, step) = match kind {
-                RtpCodecKind::Video => (vp8_payload(keyframe, 200), 96, 3000),
+            let (payload, payload_type, step) = match (kind, self.video) {
+                (RtpCodecKind::Video, Video::Vp8) => (vp8_payload(keyframe, 200), 96, 3000),
+                (RtpCodecKind::Video, Video::H264) => (h264_payload(keyframe, seq), 96, 3000),
                 _ => (bytes::Bytes::from_static(OPUS_SILENCE), 111, 960),
             };
             let packet = rtp::Packet {
@@ -283,6 +341,14 @@ impl OfferingPeer {
             // Before the session connects, packets have nowhere to go.
             let _ = track.write_rtp(packet).await;
         }
+    }
+
+    /// Wait until the peer connection connected.
+    async fn connected(&self) {
+        let connected = self.received.connected.notified();
+        tokio::time::timeout(DEADLINE, connected)
+            .await
+            .expect("the peer connected in time");
     }
 
     fn video_received(&self) -> u64 {
@@ -311,14 +377,24 @@ pub(crate) fn keep_sending(publisher: Arc<OfferingPeer>) -> tokio::task::JoinHan
     })
 }
 
-/// A webrtc-rs peer publishing audio and video with WHIP at `path` with `token`, sending media
-/// once answered: the peer, the `201` response, and the sending task.
+/// A webrtc-rs peer publishing audio and VP8 video with WHIP at `path` with `token`, sending
+/// media once answered: the peer, the `201` response, and the sending task.
 async fn whip_publisher(
     s: &TestServer,
     path: &str,
     token: &str,
 ) -> (Arc<OfferingPeer>, Response, tokio::task::JoinHandle<()>) {
-    let publisher = Arc::new(OfferingPeer::new(true).await);
+    whip_publisher_of(s, path, token, Video::Vp8).await
+}
+
+/// As `whip_publisher`, with `video`.
+async fn whip_publisher_of(
+    s: &TestServer,
+    path: &str,
+    token: &str,
+    video: Video,
+) -> (Arc<OfferingPeer>, Response, tokio::task::JoinHandle<()>) {
+    let publisher = Arc::new(OfferingPeer::with_video(true, video).await);
     let offer = publisher.offer().await;
     let r = post_offer(s.http, path, Some(token), &offer).await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -460,6 +536,159 @@ async fn a_whip_session_ends_when_its_token_expires() {
     assert_eq!(r.status, 404, "{}", r.body);
     sender.abort();
     publisher.close().await;
+}
+
+/// OBS offers H.264 video and Opus audio only. The answer takes H.264; a WHEP player that
+/// receives H.264, coming mid-stream, gets it with its own payload type for H.264, from a
+/// keyframe on; a player that receives only VP8 is told the room's video is H.264 rather than
+/// left without video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_only_whip_publisher_reaches_h264_players() {
+    let s = TestServer::start().await;
+    let room = "obs-stage";
+    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
+        .await;
+    let token = s.token("alice", "acme");
+    let path = format!("/whip/{room}?name=Studio");
+    let (publisher, r, sender) = whip_publisher_of(&s, &path, &token, Video::H264).await;
+    let video = (r.body.split("m=").find(|m| m.starts_with("video"))).unwrap();
+    assert!(video.contains("a=rtpmap:96 H264/90000"), "{}", r.body);
+    assert!(!r.body.contains("VP8"), "{}", r.body);
+    until_studio(&mut bob, |p| p["tracks"].as_array().unwrap().len() == 2).await;
+    // The player comes while the stream runs, most likely between two keyframes.
+    publisher.connected().await;
+
+    let carol = s.token("carol", "acme");
+    let player = OfferingPeer::with_video(false, Video::H264).await;
+    let r = post_offer(
+        s.http,
+        &format!("/whep/{room}"),
+        Some(&carol),
+        &player.offer().await,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    player.answer(&r.body).await;
+    let start = Instant::now();
+    while player.video_received() < 20 || player.audio_received() < 20 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the player got {} video and {} audio packets",
+            player.video_received(),
+            player.audio_received()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (payload_type, payload) = player.received.first_video.lock().unwrap().clone().unwrap();
+    assert_eq!(payload_type, 96, "the player's payload type for H.264");
+    // An aggregation packet (24) starting with the SPS (7), or the SPS alone: a keyframe.
+    let nal = |b: u8| b & 0x1f;
+    let starts_keyframe = match nal(payload[0]) {
+        24 => nal(payload[3]) == 7,
+        n => n == 7,
+    };
+    assert!(
+        starts_keyframe,
+        "the first video packet is {:02x?}",
+        &payload[..]
+    );
+
+    let vp8_player = OfferingPeer::with_video(false, Video::Vp8).await;
+    let r = post_offer(
+        s.http,
+        &format!("/whep/{room}"),
+        Some(&carol),
+        &vp8_player.offer().await,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("the room's video is H264"), "{}", r.body);
+
+    sender.abort();
+    for peer in [&*publisher, &player, &vp8_player] {
+        peer.close().await;
+    }
+}
+
+/// An entry of a user in the meeting.
+fn in_meeting(e: &Value) -> bool {
+    e["status"] == "online" && e["in_meeting"] == true
+}
+
+/// An entry of a user that left the scope.
+fn gone(e: &Value) -> bool {
+    e["status"] == "offline"
+}
+
+/// What a presence entry should be.
+type Entry = fn(&Value) -> bool;
+
+/// Wait until, for each `(scope, want)`, a presence update of `scope` that `peer` receives
+/// has an entry of `user` as `want` says (one frame may bring several scopes' updates).
+async fn until_presence(peer: &mut Peer, user: &str, wants: &[(&Value, Entry)]) {
+    let mut seen = vec![false; wants.len()];
+    while seen.contains(&false) {
+        let frame = peer.next("presence").await;
+        for update in frame["updates"].as_array().unwrap() {
+            for (i, (scope, want)) in wants.iter().enumerate() {
+                let entries = update["entries"].as_array().unwrap();
+                seen[i] |= update["scope"] == **scope
+                    && entries.iter().any(|e| e["user"]["id"] == user && want(e));
+            }
+        }
+    }
+}
+
+/// A WHIP publisher and a WHEP viewer show in the room's presence as their tokens' users, in
+/// the meeting, while their sessions live: the publisher until its DELETE, the viewer until
+/// its token expires. Then they are offline in the space too (no grace period here): their
+/// presence connections closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_sessions_show_in_room_presence() {
+    let s = TestServer::with(|c| {
+        c.presence_flush_ms = 20;
+        c.presence_grace_ms = 0;
+    })
+    .await;
+    let room = "presence-stage";
+    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
+        .await;
+    let (in_room, in_space) = (
+        json!({"room": {"space": "_acme", "id": room}}),
+        json!({"space": "_acme"}),
+    );
+    for scope in [&in_room, &in_space] {
+        bob.call(json!({"type": "presence.subscribe", "scope": scope}))
+            .await;
+    }
+
+    let studio = s.token("studio", "acme");
+    let path = format!("/whip/{room}?name=Studio");
+    let (publisher, r, sender) = whip_publisher(&s, &path, &studio).await;
+    until_presence(&mut bob, "studio", &[(&in_room, in_meeting)]).await;
+
+    let viewer = s.token_with("viewer", "acme", &Grant::DEFAULT, 5);
+    let player = OfferingPeer::new(false).await;
+    let w = post_offer(
+        s.http,
+        &format!("/whep/{room}"),
+        Some(&viewer),
+        &player.offer().await,
+    )
+    .await;
+    assert_eq!(w.status, 201, "{}", w.body);
+    player.answer(&w.body).await;
+    until_presence(&mut bob, "viewer", &[(&in_room, in_meeting)]).await;
+    until_presence(&mut bob, "viewer", &[(&in_room, gone), (&in_space, gone)]).await;
+
+    let location = r.header("location").unwrap();
+    assert_eq!(delete_session(s.http, location, &studio).await.status, 200);
+    until_presence(&mut bob, "studio", &[(&in_room, gone), (&in_space, gone)]).await;
+    sender.abort();
+    publisher.close().await;
+    player.close().await;
 }
 
 /// Gus, of another organisation, publishes into room `room` of space `eng` with WHIP while

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::config::CryptoProvider;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::format::{CodecConfig, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceCreds, Input, Output, Rtc, RtcError};
 
@@ -968,7 +969,7 @@ impl Room {
             let Some(writer) = session.rtc.writer(*mid) else {
                 continue;
             };
-            let Some(pt) = writer.match_params(data.params) else {
+            let Some(pt) = line_pt(&writer, data.params) else {
                 continue;
             };
             match writer.write(pt, data.network_time, time, data.data.clone()) {
@@ -990,6 +991,20 @@ impl Room {
             self.request_keyframe(&track);
         }
     }
+}
+
+/// The payload type to write a frame sent as `sent` with on `writer`'s line: the best match
+/// among the codecs negotiated on the line, if one carries it. (str0m's `match_params` looks
+/// among every codec of the session, and a subscriber drops packets of a payload type its line
+/// did not negotiate: a VP8-only line must not get H.264.)
+fn line_pt(writer: &str0m::media::Writer, sent: PayloadParams) -> Option<Pt> {
+    let pt = writer.match_params(sent)?;
+    if writer.payload_params().any(|p| p.pt() == pt) {
+        return Some(pt);
+    }
+    // Rare (another codec of the session matched better): match among the line's alone.
+    let line = CodecConfig::new_from_payload_params(writer.payload_params().copied().collect());
+    line.match_params(sent).map(|p| p.pt())
 }
 
 /// Whether `datagram` is an RTP packet (SRTP keeps the header in the clear): version 2, and a

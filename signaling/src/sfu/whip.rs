@@ -5,6 +5,9 @@
 //! the common case), each carrying a track of another participant: the one it follows
 //! ([`Room::follow`]), else the one it carries already, else the first in the room's order.
 //! When that participant leaves, its lines switch to another, with a keyframe request.
+//! A line carries only a track whose codec it negotiated (OBS, for one, sends H.264 only): an
+//! offer that can receive none of the room's tracks of a kind is refused, saying which codecs
+//! they are; a track published later in a codec the line lacks leaves it to other tracks.
 //!
 //! A client-offered session has no signalling connection telling when it ends: once it has
 //! not been connected for [`CLIENT_IDLE`], [`Room::expired_clients`] names it.
@@ -197,6 +200,18 @@ impl Room {
                 lines.push((mid, kind));
             }
         }
+        if role == ClientRole::Play {
+            for (mid, kind) in &lines {
+                if let Some(codecs) = self.unplayable(participant, *mid, *kind) {
+                    let kind = format!("{kind:?}").to_lowercase();
+                    return Err(RoomError::Invalid(format!(
+                        "the room's {kind} is {codecs}, which the offer does not receive: \
+                         offer {codecs} on its {kind} line"
+                    )));
+                }
+            }
+        }
+        let session = self.sessions.get_mut(participant).expect("checked above");
         session.client = Some(ClientSession {
             role,
             lines: lines.clone(),
@@ -308,16 +323,19 @@ impl Room {
             .cloned();
         let mut changes: Vec<(Mid, Option<String>, Option<String>)> = Vec::new();
         for (mid, kind) in &client.lines {
-            let of_kind = |t: &Published| t.kind == *kind;
+            let codecs = session.codecs(*mid);
+            let playable: Vec<&(&String, &Published)> = (candidates.iter())
+                .filter(|(sid, t)| {
+                    t.kind == *kind && self.sent(sid).is_none_or(|sent| carries(&codecs, &sent))
+                })
+                .collect();
             let current = (session.lines.get(mid))
-                .filter(|l| !l.gone && candidates.iter().any(|(sid, _)| **sid == l.track))
+                .filter(|l| !l.gone && playable.iter().any(|(sid, _)| **sid == l.track))
                 .map(|l| l.track.clone());
-            let from_source = (candidates.iter())
-                .find(|(_, t)| of_kind(t) && Some(&t.owner) == source.as_ref())
+            let from_source = (playable.iter())
+                .find(|(_, t)| Some(&t.owner) == source.as_ref())
                 .map(|(sid, _)| (*sid).clone());
-            let any = (candidates.iter())
-                .find(|(_, t)| of_kind(t))
-                .map(|(sid, _)| (*sid).clone());
+            let any = playable.first().map(|(sid, _)| (*sid).clone());
             let wanted = from_source.or_else(|| current.clone()).or(any);
             let old = session.lines.get(mid).map(|l| l.track.clone());
             if wanted != old {
@@ -353,6 +371,62 @@ impl Room {
             self.request_keyframe(&track);
         }
     }
+}
+
+impl Room {
+    /// The codecs `track`'s publisher negotiated on the line it sends it on; `None` while that
+    /// line is not negotiated.
+    fn sent(&self, track: &str) -> Option<CodecConfig> {
+        let owner = &self.tracks.get(track)?.owner;
+        let session = self.sessions.get(owner)?;
+        Some(session.codecs(session.inbound_mid(track)?))
+    }
+
+    /// The codecs of the room's `kind` tracks that `participant` receives, when there are
+    /// some and line `mid` of its session can carry none of them.
+    fn unplayable(&self, participant: &str, mid: Mid, kind: TrackKind) -> Option<String> {
+        let session = self.sessions.get(participant)?;
+        let codecs = session.codecs(mid);
+        let mut sent = BTreeSet::new();
+        for (sid, t) in &self.tracks {
+            if t.kind != kind || t.owner == participant || !session.subscriptions.contains(sid) {
+                continue;
+            }
+            let Some(params) = self.sent(sid) else {
+                // Not known yet: it may fit.
+                return None;
+            };
+            if carries(&codecs, &params) {
+                return None;
+            }
+            sent.extend(params.params().iter().map(|p| p.spec().codec.to_string()));
+        }
+        let names: Vec<String> = sent.into_iter().collect();
+        (!names.is_empty()).then(|| names.join(" or "))
+    }
+}
+
+impl Session {
+    /// The codecs negotiated on line `mid` (none before it is).
+    fn codecs(&self, mid: Mid) -> CodecConfig {
+        let remote = self
+            .rtc
+            .media(mid)
+            .map(|m| m.remote_pts())
+            .unwrap_or_default();
+        let params = (self.rtc.codec_config().params().iter())
+            .filter(|p| remote.contains(&p.pt()))
+            .copied()
+            .collect();
+        CodecConfig::new_from_payload_params(params)
+    }
+}
+
+/// Whether a line that negotiated `line` can carry what one that negotiated `sent` sends: a
+/// codec of one matches one of the other as the forwarding matches them (for H.264, profile
+/// and packetization mode).
+fn carries(line: &CodecConfig, sent: &CodecConfig) -> bool {
+    (sent.params().iter()).any(|p| line.match_params(*p).is_some())
 }
 
 #[cfg(test)]

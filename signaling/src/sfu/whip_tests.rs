@@ -3,7 +3,9 @@
 
 use super::super::sim::{Client, Net, STEP, frame};
 use super::*;
+use str0m::RtcConfig;
 use str0m::change::SdpAnswer;
+use str0m::format::Codec;
 
 /// `name` offers one line per kind in `kinds` (sending with `Publish`, receiving with `Play`)
 /// and the room answers; returns the answered lines.
@@ -14,9 +16,21 @@ fn offer_from(
     kinds: &[MediaKind],
     follow: Option<&str>,
 ) -> Vec<(String, TrackKind)> {
+    offer_with(net, name, role, kinds, follow, Rtc::builder())
+}
+
+/// As `offer_from`, from a client configured as `config` (its codecs).
+fn offer_with(
+    net: &mut Net,
+    name: &str,
+    role: ClientRole,
+    kinds: &[MediaKind],
+    follow: Option<&str>,
+    config: RtcConfig,
+) -> Vec<(String, TrackKind)> {
     let addr: SocketAddr = format!("10.0.0.{}:7000", net.next_host).parse().unwrap();
     net.next_host += 1;
-    let mut rtc = Rtc::builder().build(net.now);
+    let mut rtc = config.build(net.now);
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
     let direction = match role {
         ClientRole::Publish => Direction::SendOnly,
@@ -263,4 +277,151 @@ fn offers_and_fragments_are_checked() {
     let restart = "a=ice-ufrag:new1\r\na=ice-pwd:newpassword\r\n";
     assert_eq!(read_fragment(restart, &ufrag), Ok(Fragment::Restart));
     assert!(read_fragment("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n", &ufrag).is_err());
+}
+
+/// OBS's codecs: H.264 (constrained baseline, packetization mode 1) and Opus.
+fn obs_codecs() -> RtcConfig {
+    let mut config = Rtc::builder().clear_codecs().enable_opus(true, false);
+    (config.codec_config()).add_h264(102.into(), Some(103.into()), true, 0x42e01f);
+    config
+}
+
+/// An H.264 access unit in Annex B, numbered `i`: an IDR slice behind SPS and PPS when `key`,
+/// else a P slice.
+fn h264_frame(key: bool, i: u8) -> Vec<u8> {
+    let mut frame = Vec::new();
+    if key {
+        frame.extend([
+            0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0xda, 0x02, 0x80, 0xbf, 0xe5,
+        ]);
+        frame.extend([0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
+    }
+    let slice = if key { 0x65 } else { 0x41 };
+    frame.extend([0, 0, 0, 1, slice, 0x88, 0x84, i, i]);
+    frame
+}
+
+/// `publisher` sends `h264_frame(key, i)` on its line of `<publisher>-video`.
+fn send_h264(net: &mut Net, publisher: &str, key: bool, i: u8) {
+    let now = net.now;
+    let time: str0m::media::MediaTime = now.duration_since(net.start).into();
+    let client = net.clients.get_mut(publisher).unwrap();
+    let mid = client.mid_of(&format!("{publisher}-video"));
+    let pt = (client.rtc.codec_config())
+        .find(|p| p.spec().codec == Codec::H264)
+        .unwrap()
+        .pt();
+    (client.rtc.writer(mid).unwrap())
+        .write(pt, now, time, h264_frame(key, i))
+        .unwrap();
+    net.run(6);
+}
+
+#[test]
+fn h264_reaches_only_the_subscribers_that_negotiated_it() {
+    let mut net = Net::new(RoomConfig::default());
+    let lines = offer_with(
+        &mut net,
+        "obs",
+        ClientRole::Publish,
+        &AUDIO_VIDEO,
+        None,
+        obs_codecs(),
+    );
+    publish_lines(&mut net, "obs", &lines);
+    // Carol's client takes every default codec; bob's answers the room's offers with VP8 only.
+    net.join("carol");
+    let addr: SocketAddr = "10.0.0.99:6000".parse().unwrap();
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(net.now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+    net.clients.insert("bob".into(), Client::new(rtc, addr));
+    net.room.add_participant("bob").unwrap();
+    for name in ["carol", "bob"] {
+        net.room.subscribe(name, "obs-video").unwrap();
+    }
+    net.settle();
+    net.connect(&["obs", "carol", "bob"]);
+    for i in 0..5 {
+        send_h264(&mut net, "obs", i == 0, i);
+    }
+    let carol = &net.clients["carol"];
+    let sent: Vec<Vec<u8>> = (0..5).map(|i| h264_frame(i == 0, i)).collect();
+    assert_eq!(carol.frames_of(carol.mid_of("obs-video")), sent);
+    // Nothing is written to bob's line: it has no payload type for H.264.
+    let forwarded = net.room.stats().forwarded_packets;
+    for i in 5..10 {
+        send_h264(&mut net, "obs", false, i);
+    }
+    let to_carol = net.room.stats().forwarded_packets - forwarded;
+    assert_eq!(to_carol, 5, "one packet per P slice, to carol alone");
+    assert!(net.clients["bob"].frames.is_empty());
+}
+
+#[test]
+fn a_player_without_the_rooms_codec_is_refused_or_left_to_others() {
+    let vp8_only = || Rtc::builder().clear_codecs().enable_vp8(true);
+    let mut net = Net::new(RoomConfig::default());
+    // A VP8-only player in the room before OBS publishes H.264.
+    let early = offer_with(
+        &mut net,
+        "vp8",
+        ClientRole::Play,
+        &[MediaKind::Video],
+        None,
+        vp8_only(),
+    );
+    let early = Mid::from(early[0].0.as_str());
+    let lines = offer_with(
+        &mut net,
+        "obs",
+        ClientRole::Publish,
+        &AUDIO_VIDEO,
+        None,
+        obs_codecs(),
+    );
+    publish_lines(&mut net, "obs", &lines);
+    net.room.subscribe("vp8", "obs-video").unwrap();
+    net.room.subscribe("vp8", "obs-audio").unwrap();
+    net.settle();
+    net.connect(&["obs", "vp8"]);
+    for i in 0..3 {
+        send_h264(&mut net, "obs", i == 0, i);
+    }
+    // Nothing it cannot decode was sent to it.
+    assert_eq!(net.room.stats().forwarded_packets, 0);
+
+    // A VP8-only player coming now is told why it cannot play.
+    net.room.add_participant("late").unwrap();
+    net.room.subscribe("late", "obs-video").unwrap();
+    let mut rtc = vp8_only().build(net.now);
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let refused = net
+        .room
+        .accept_client_offer("late", &offer.to_sdp_string(), ClientRole::Play, None)
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        RoomError::Invalid(
+            "the room's video is H264, which the offer does not receive: offer H264 on its \
+             video line"
+                .into()
+        )
+    );
+    net.room.remove_participant("late");
+
+    // The early player's line takes a VP8 track when one comes.
+    net.join("alice");
+    net.room
+        .publish("alice", "alice-video", TrackKind::Video)
+        .unwrap();
+    net.room.subscribe("vp8", "alice-video").unwrap();
+    net.settle();
+    net.connect(&["alice", "vp8"]);
+    net.stream("alice", "alice-video", 5);
+    assert!(!net.clients["vp8"].frames_of(early).is_empty());
 }
