@@ -69,6 +69,9 @@ pub struct SfuMetrics {
     pub forwarded_bytes: Counter,
     /// Datagrams dropped: no room for them, a room's queue full, or the socket's buffer full.
     pub dropped_datagrams: Counter,
+    /// Media frames not forwarded to a subscriber: its session's queue was full, or (video)
+    /// a burst at its bandwidth estimate waited in it already.
+    pub dropped_frames: Counter,
 }
 
 /// What the meetings report.
@@ -218,6 +221,11 @@ impl Metrics {
                 "sfu_dropped_datagrams",
                 "SFU datagrams dropped (unrouted, room queue or socket buffer full)",
                 &f.dropped_datagrams,
+            ),
+            (
+                "sfu_dropped_frames",
+                "Media frames the SFU did not forward to a subscriber (session queue full, or a burst at its bandwidth estimate waiting)",
+                &f.dropped_frames,
             ),
         ] {
             registry.register(name, help, counter.clone());

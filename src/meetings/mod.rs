@@ -654,6 +654,9 @@ impl MeetingTask {
         metrics.forwarded_bytes.inc_by(bytes);
         let dropped = stats.dropped_transmits - media.reported.dropped_transmits;
         metrics.dropped_datagrams.inc_by(dropped);
+        let frames = (stats.dropped_frames + stats.shed_frames)
+            - (media.reported.dropped_frames + media.reported.shed_frames);
+        metrics.dropped_frames.inc_by(frames);
         media.reported = stats;
         metrics
             .sessions
