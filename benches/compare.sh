@@ -12,8 +12,9 @@ then N idle WebSocket connections (on a freshly started server), against:
   chorus  `chorus serve` (full protocol with tokens, rate limit lifted, fresh temp data dir)
   nats    nats-server's websocket listener (its own instance on its own ports, defaults otherwise)
 Each server runs alone, pinned to one core (taskset -c 0); the tool runs pinned to the other
-(taskset -c 1 chorus bench … --threads 1), both at a raised priority (nice -10, as root) so
-other work on a shared machine disturbs them less. Each ladder step is a 1 s warm-up and a 3 s measured
+(taskset -c 1 chorus bench … --threads 1), both at a raised priority (nice -10, as root, each
+in a session of its own whose autogroup gets it too) so other work on a shared machine disturbs
+them less. Each ladder step is a 1 s warm-up and a 3 s measured
 phase; saturation is the highest step with nothing lost, no duplicates and p99 <= 50 ms.
 Writes docs/bench/YYYY-MM-DD-fanout.md (table, machine notes, exact commands) and the raw
 reports next to it (.jsonl).
@@ -135,7 +136,7 @@ for port in $chorus_port $nats_port $nats_ws_port; do
   ! port_busy "$port" || die "port $port is in use (pick others: --chorus-port, --nats-port, --nats-ws-port)"
 done
 
-nice_note="nice $nice_level"
+nice_note="nice $nice_level, each in a session of its own whose scheduling group has that niceness too (autogroup)"
 if [ -n "$(nice -n "$nice_level" true 2>&1)" ]; then
   nice_note="nice $nice_level not permitted: default priority"
   nice_level=0
@@ -190,7 +191,7 @@ start_server() {
       mkdir -p "$chorus_data"
       local cmd="CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 CHORUS_MAX_CONNECTIONS=200000 nice -n $nice_level taskset -c $server_core $chorus_bin serve --data-dir $chorus_data --listen 127.0.0.1:$chorus_port --quic-listen 127.0.0.1:$((chorus_port + 1))"
       CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 CHORUS_MAX_CONNECTIONS=200000 \
-        nice -n "$nice_level" taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
+        prio taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
         --listen "127.0.0.1:$chorus_port" --quic-listen "127.0.0.1:$((chorus_port + 1))" \
         >>"$tmp/chorus.log" 2>&1 &
       server_pid=$!
@@ -205,7 +206,7 @@ websocket {
 }
 EOF
       local cmd="nice -n $nice_level taskset -c $server_core $nats_bin -c $tmp/nats.conf   # nats.conf: listen 127.0.0.1:$nats_port; websocket { listen: \"127.0.0.1:$nats_ws_port\", no_tls: true }"
-      nice -n "$nice_level" taskset -c "$server_core" "$nats_bin" -c "$tmp/nats.conf" >>"$tmp/nats.log" 2>&1 &
+      prio taskset -c "$server_core" "$nats_bin" -c "$tmp/nats.conf" >>"$tmp/nats.log" 2>&1 &
       server_pid=$!
       wait_port "$nats_ws_port"
       ;;
@@ -266,7 +267,7 @@ bench_once() {
   t0=$(date +%s.%N) busy0=$(busy_ticks) server0=$(proc_ticks "$server_pid") children0=$(children_ticks)
   runq0=$(runq_ns "$server_pid")
   local report
-  if report=$(nice -n "$nice_level" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     last_report=$(jq -c --arg server "$server" --arg tag "$tag" '{server: $server, tag: $tag, report: .}' \
       <<<"$report")
   else

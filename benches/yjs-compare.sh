@@ -22,7 +22,8 @@ delivered update and RSS, the tool's CPU. Against:
                extensions, in memory, defaults otherwise); the tool speaks its provider
                protocol (--yjs-server hocuspocus)
 Each server runs alone, pinned to one core (taskset -c 0); the tool runs pinned to the other
-(taskset -c 1 chorus bench yjs … --threads 1), both at a raised priority (nice -10, as root).
+(taskset -c 1 chorus bench yjs … --threads 1), both at a raised priority (nice -10, as root,
+each in a session of its own whose autogroup gets it too).
 After the servers, `chorus bench floor` measures at each load what one write() per delivery
 costs on the servers' core: the floor each server's CPU per update is divided by.
 Writes docs/bench/YYYY-MM-DD-yjs.md (table, ratios chorus / each peer and / the floor from this
@@ -135,7 +136,7 @@ for port in $chorus_port $ref_port $hp_port; do
   ! port_busy "$port" || die "port $port is in use (pick others: --chorus-port, --ref-port, --hp-port)"
 done
 
-nice_note="nice $nice_level"
+nice_note="nice $nice_level, each in a session of its own whose scheduling group has that niceness too (autogroup)"
 if [ -n "$(nice -n "$nice_level" true 2>&1)" ]; then
   nice_note="nice $nice_level not permitted: default priority"
   nice_level=0
@@ -191,7 +192,7 @@ start_server() {
       rm -rf "$chorus_data"
       mkdir -p "$chorus_data"
       cmd="nice -n $nice_level taskset -c $server_core $chorus_bin serve --data-dir $chorus_data --listen 127.0.0.1:$chorus_port --quic-listen 127.0.0.1:$((chorus_port + 1))"
-      nice -n "$nice_level" taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
+      prio taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
         --listen "127.0.0.1:$chorus_port" --quic-listen "127.0.0.1:$((chorus_port + 1))" \
         >>"$tmp/chorus.log" 2>&1 &
       server_pid=$!
@@ -199,14 +200,14 @@ start_server() {
       ;;
     y-websocket)
       cmd="HOST=127.0.0.1 PORT=$ref_port nice -n $nice_level taskset -c $server_core node $ref_server"
-      HOST=127.0.0.1 PORT=$ref_port nice -n "$nice_level" taskset -c "$server_core" node "$ref_server" \
+      HOST=127.0.0.1 PORT=$ref_port prio taskset -c "$server_core" node "$ref_server" \
         >>"$tmp/y-websocket.log" 2>&1 &
       server_pid=$!
       wait_port "$ref_port"
       ;;
     hocuspocus)
       cmd="nice -n $nice_level taskset -c $server_core node $hp_server --port $hp_port"
-      nice -n "$nice_level" taskset -c "$server_core" node "$hp_server" --port "$hp_port" \
+      prio taskset -c "$server_core" node "$hp_server" --port "$hp_port" \
         >>"$tmp/hocuspocus.log" 2>&1 &
       server_pid=$!
       wait_port "$hp_port"
@@ -237,7 +238,7 @@ bench() {
   log "$server $load: chorus bench ${args[*]}"
   local t0 busy0 server0 children0 rustc_max=0 report
   t0=$(date +%s.%N) busy0=$(busy_ticks) server0=$(proc_ticks "$server_pid") children0=$(children_ticks)
-  if report=$(nice -n "$nice_level" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     jq -c --arg server "$server" --arg load "$load" '{server: $server, load: $load, report: .}' \
       <<<"$report" >>"$tmp/reports.jsonl"
   else
@@ -269,7 +270,7 @@ floor() {
     -d "$duration" --writer-cpu "$server_core" --json)
   echo "nice -n $nice_level taskset -c $tool_core $chorus_bin bench$(printf ' %q' "${args[@]}")" >>"$tmp/commands"
   log "floor $load: chorus bench ${args[*]}"
-  if report=$(nice -n "$nice_level" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     jq -c --arg load "$load" '{server: "floor", load: $load, report: .}' <<<"$report" >>"$tmp/reports.jsonl"
   else
     log "floor $load failed: $(tail -3 "$tmp/bench.err" | tr '\n' ' ')"

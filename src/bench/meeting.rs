@@ -650,6 +650,7 @@ mod tests {
             rss_start_kib: 0,
             rss_end_kib: 0,
             peak_rss_kib: 0,
+            wait_pct: 0.0,
         });
         let c = PerCore::of(1000.0, 10, &usage);
         assert_eq!(

@@ -1,6 +1,12 @@
 //! Resource usage from `/proc` (Linux): CPU time and memory of the tool itself and, given its
 //! pid, of the server, so a report says which side was the limit. Elsewhere every figure is
 //! simply absent.
+//!
+//! It also tells how long each side waited for a CPU while it had work (`schedstat`): on a
+//! shared machine that, not the code, can be the limit. With autogroup scheduling
+//! (`/proc/sys/kernel/sched_autogroup_enabled` = 1) `nice` ranks a process only within its own
+//! session, so a niced server gets only its session's share of a core that another session's
+//! build also runs on.
 
 use serde::Serialize;
 use std::time::Instant;
@@ -9,6 +15,9 @@ use std::time::Instant;
 const CLOCK_TICKS: f64 = 100.0;
 /// A side counts as CPU-bound above this share of the cores it may use.
 const BUSY: f64 = 0.9;
+/// A side counts as held back by other work when its threads waited for a CPU this share of
+/// the wall time (summed over threads).
+const STARVED: f64 = 0.1;
 
 /// One look at a process.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,6 +27,9 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set (`VmHWM`) since the process started.
     pub hwm_kib: u64,
+    /// Time its threads were runnable but waited for a CPU, in nanoseconds, summed over the
+    /// threads alive now (`/proc/<pid>/task/*/schedstat`, second field).
+    pub wait_ns: u64,
 }
 
 fn proc_path(pid: Option<u32>, file: &str) -> String {
@@ -41,7 +53,26 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         cpu_ticks: utime + stime,
         rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
         hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+        wait_ns: wait_ns(pid).unwrap_or(0),
     })
+}
+
+/// Run-queue wait of every thread of `pid`, summed (absent without schedstats).
+fn wait_ns(pid: Option<u32>) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(proc_path(pid, "task")).ok()? {
+        // A thread may end between the listing and the read: it simply counts no more.
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("schedstat")) else {
+            continue;
+        };
+        total += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Wait between two samples, in percent of `wall` seconds.
+fn wait_pct(start: &ProcSample, end: &ProcSample, wall: f64) -> f64 {
+    end.wait_ns.saturating_sub(start.wait_ns) as f64 / 1e7 / wall
 }
 
 fn status_kib(status: &str, key: &str) -> Option<u64> {
@@ -122,6 +153,8 @@ pub struct Usage {
     /// Cores the tool may use.
     pub tool_cores: usize,
     pub tool_rss_kib: u64,
+    /// How long the tool's threads waited for a CPU while runnable, in percent of wall time.
+    pub tool_wait_pct: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerUsage>,
 }
@@ -138,6 +171,8 @@ pub struct ServerUsage {
     pub rss_end_kib: u64,
     /// Peak RSS of the server process since it started (`VmHWM`).
     pub peak_rss_kib: u64,
+    /// How long the server's threads waited for a CPU while runnable, in percent of wall time.
+    pub wait_pct: f64,
 }
 
 impl Sampler {
@@ -153,9 +188,12 @@ impl Sampler {
     pub fn finish(&self) -> Usage {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         let tool_end = sample(None);
-        let tool_cpu_s = match (self.tool, tool_end) {
-            (Some(a), Some(b)) => (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / CLOCK_TICKS,
-            _ => 0.0,
+        let (tool_cpu_s, tool_wait_pct) = match (self.tool, tool_end) {
+            (Some(a), Some(b)) => (
+                (b.cpu_ticks.saturating_sub(a.cpu_ticks)) as f64 / CLOCK_TICKS,
+                wait_pct(&a, &b, wall),
+            ),
+            _ => (0.0, 0.0),
         };
         let server = match (self.server_pid, self.server) {
             (Some(pid), Some(start)) => sample(Some(pid)).map(|end| {
@@ -168,6 +206,7 @@ impl Sampler {
                     rss_start_kib: start.rss_kib,
                     rss_end_kib: end.rss_kib,
                     peak_rss_kib: end.hwm_kib,
+                    wait_pct: wait_pct(&start, &end, wall),
                 }
             }),
             _ => None,
@@ -178,15 +217,30 @@ impl Sampler {
             tool_cpu_pct: 100.0 * tool_cpu_s / wall,
             tool_cores: cpus_allowed(None).unwrap_or(1),
             tool_rss_kib: tool_end.map_or(0, |s| s.rss_kib),
+            tool_wait_pct,
             server,
         }
     }
 }
 
 impl Usage {
-    /// Which side ran out of CPU, as far as the figures tell. `tool_threads` is how many worker
-    /// threads the tool ran.
+    /// Which side ran out of CPU, as far as the figures tell, and which side other work held
+    /// back. `tool_threads` is how many worker threads the tool ran.
     pub fn limit(&self, tool_threads: usize) -> String {
+        let mut limit = self.cpu_limit(tool_threads);
+        let waits = [
+            ("server", self.server.as_ref().map(|s| s.wait_pct)),
+            ("tool", Some(self.tool_wait_pct)),
+        ];
+        for (side, wait) in waits {
+            if let Some(wait) = wait.filter(|w| *w >= STARVED * 100.0) {
+                limit += &format!("; the {side} waited for a CPU {wait:.0}% of the time");
+            }
+        }
+        limit
+    }
+
+    fn cpu_limit(&self, tool_threads: usize) -> String {
         let tool_busy =
             self.tool_cpu_pct >= BUSY * 100.0 * tool_threads.min(self.tool_cores).max(1) as f64;
         let server_busy = self
@@ -214,5 +268,25 @@ mod tests {
         assert!(cpus_allowed(None).unwrap() >= 1);
         let (soft, hard) = open_files_limit().unwrap();
         assert!(soft <= hard);
+    }
+
+    #[test]
+    fn the_limit_tells_which_side_waited_for_a_cpu() {
+        let mut usage = Sampler::start(None).finish();
+        (usage.tool_cpu_pct, usage.tool_cores, usage.tool_wait_pct) = (40.0, 1, 5.0);
+        usage.server = Some(ServerUsage {
+            pid: 1,
+            cpu_s: 0.4,
+            cpu_pct: 40.0,
+            cores: 1,
+            rss_start_kib: 0,
+            rss_end_kib: 0,
+            peak_rss_kib: 0,
+            wait_pct: 55.0,
+        });
+        assert_eq!(
+            usage.limit(1),
+            "neither CPU; the server waited for a CPU 55% of the time"
+        );
     }
 }
