@@ -141,6 +141,7 @@ if [ -n "$(nice -n "$nice_level" true 2>&1)" ]; then
   nice_note="nice $nice_level not permitted: default priority"
   nice_level=0
 fi
+set_prio
 
 # Both servers and the tool inherit the highest open-file limit allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -191,7 +192,7 @@ start_server() {
       mkdir -p "$chorus_data"
       local cmd="CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 CHORUS_MAX_CONNECTIONS=200000 nice -n $nice_level taskset -c $server_core $chorus_bin serve --data-dir $chorus_data --listen 127.0.0.1:$chorus_port --quic-listen 127.0.0.1:$((chorus_port + 1))"
       CHORUS_RATE_PER_SEC=1000000 CHORUS_RATE_BURST=1000000 CHORUS_MAX_CONNECTIONS=200000 \
-        prio taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
+        "${prio[@]}" taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
         --listen "127.0.0.1:$chorus_port" --quic-listen "127.0.0.1:$((chorus_port + 1))" \
         >>"$tmp/chorus.log" 2>&1 &
       server_pid=$!
@@ -206,7 +207,7 @@ websocket {
 }
 EOF
       local cmd="nice -n $nice_level taskset -c $server_core $nats_bin -c $tmp/nats.conf   # nats.conf: listen 127.0.0.1:$nats_port; websocket { listen: \"127.0.0.1:$nats_ws_port\", no_tls: true }"
-      prio taskset -c "$server_core" "$nats_bin" -c "$tmp/nats.conf" >>"$tmp/nats.log" 2>&1 &
+      "${prio[@]}" taskset -c "$server_core" "$nats_bin" -c "$tmp/nats.conf" >>"$tmp/nats.log" 2>&1 &
       server_pid=$!
       wait_port "$nats_ws_port"
       ;;
@@ -267,7 +268,7 @@ bench_once() {
   t0=$(date +%s.%N) busy0=$(busy_ticks) server0=$(proc_ticks "$server_pid") children0=$(children_ticks)
   runq0=$(runq_ns "$server_pid")
   local report
-  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$("${prio[@]}" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     last_report=$(jq -c --arg server "$server" --arg tag "$tag" '{server: $server, tag: $tag, report: .}' \
       <<<"$report")
   else

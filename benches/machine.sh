@@ -3,16 +3,19 @@
 # machine), `wait_max` (s), `server_core`, `tool_core` and `chorus_bin` once those are set.
 # Functions only: nothing runs on sourcing but the two variables wait_for_quiet keeps.
 
-# Run "$@" at niceness $nice_level. With autogroup scheduling
+# The prefix that runs a command at niceness $nice_level: "${prio[@]}" cmd args… (set by
+# set_prio once $nice_level is known). With autogroup scheduling
 # (/proc/sys/kernel/sched_autogroup_enabled = 1) nice ranks a process only against its own
 # session, and every session's group gets an equal share of a core, so a build or a browser in
-# another session takes half the server's core whatever its nice. So it runs in a session of its
-# own (setsid; no fork without job control, so $! is the command itself) whose group gets the
-# same niceness, which counts against every other session. The command then no longer gets the
-# terminal's Ctrl-C: the scripts' EXIT trap stops what they started.
-prio() {
-  setsid --wait bash -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"' \
-    "$nice_level" "$@"
+# another session takes half the server's core whatever its nice. So the command runs in a
+# session of its own (setsid, which does not fork a process that leads no group, so `$!` of a
+# background "${prio[@]}" … & is the command itself) whose group gets the same niceness, which
+# counts against every other session. It then no longer gets the terminal's Ctrl-C: the scripts'
+# EXIT trap stops what they started.
+set_prio() {
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  prio=(setsid --wait bash -c 'echo "$0" >/proc/self/autogroup 2>/dev/null; exec nice -n "$0" "$@"'
+    "$nice_level")
 }
 
 # Pinning works on $server_core and $tool_core (and they differ on a machine of 2 or more).

@@ -141,6 +141,7 @@ if [ -n "$(nice -n "$nice_level" true 2>&1)" ]; then
   nice_note="nice $nice_level not permitted: default priority"
   nice_level=0
 fi
+set_prio
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 for load in $loads; do
   [[ $load =~ ^[0-9]+x[0-9.]+$ ]] || die "--loads: \`$load\` is not WxR (e.g. 1x10)"
@@ -192,7 +193,7 @@ start_server() {
       rm -rf "$chorus_data"
       mkdir -p "$chorus_data"
       cmd="nice -n $nice_level taskset -c $server_core $chorus_bin serve --data-dir $chorus_data --listen 127.0.0.1:$chorus_port --quic-listen 127.0.0.1:$((chorus_port + 1))"
-      prio taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
+      "${prio[@]}" taskset -c "$server_core" "$chorus_bin" serve --data-dir "$chorus_data" \
         --listen "127.0.0.1:$chorus_port" --quic-listen "127.0.0.1:$((chorus_port + 1))" \
         >>"$tmp/chorus.log" 2>&1 &
       server_pid=$!
@@ -200,14 +201,14 @@ start_server() {
       ;;
     y-websocket)
       cmd="HOST=127.0.0.1 PORT=$ref_port nice -n $nice_level taskset -c $server_core node $ref_server"
-      HOST=127.0.0.1 PORT=$ref_port prio taskset -c "$server_core" node "$ref_server" \
+      HOST=127.0.0.1 PORT=$ref_port "${prio[@]}" taskset -c "$server_core" node "$ref_server" \
         >>"$tmp/y-websocket.log" 2>&1 &
       server_pid=$!
       wait_port "$ref_port"
       ;;
     hocuspocus)
       cmd="nice -n $nice_level taskset -c $server_core node $hp_server --port $hp_port"
-      prio taskset -c "$server_core" node "$hp_server" --port "$hp_port" \
+      "${prio[@]}" taskset -c "$server_core" node "$hp_server" --port "$hp_port" \
         >>"$tmp/hocuspocus.log" 2>&1 &
       server_pid=$!
       wait_port "$hp_port"
@@ -238,7 +239,7 @@ bench() {
   log "$server $load: chorus bench ${args[*]}"
   local t0 busy0 server0 children0 rustc_max=0 report
   t0=$(date +%s.%N) busy0=$(busy_ticks) server0=$(proc_ticks "$server_pid") children0=$(children_ticks)
-  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$("${prio[@]}" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     jq -c --arg server "$server" --arg load "$load" '{server: $server, load: $load, report: .}' \
       <<<"$report" >>"$tmp/reports.jsonl"
   else
@@ -270,7 +271,7 @@ floor() {
     -d "$duration" --writer-cpu "$server_core" --json)
   echo "nice -n $nice_level taskset -c $tool_core $chorus_bin bench$(printf ' %q' "${args[@]}")" >>"$tmp/commands"
   log "floor $load: chorus bench ${args[*]}"
-  if report=$(prio taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
+  if report=$("${prio[@]}" taskset -c "$tool_core" "$chorus_bin" bench "${args[@]}" 2>"$tmp/bench.err"); then
     jq -c --arg load "$load" '{server: "floor", load: $load, report: .}' <<<"$report" >>"$tmp/reports.jsonl"
   else
     log "floor $load failed: $(tail -3 "$tmp/bench.err" | tr '\n' ' ')"

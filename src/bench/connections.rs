@@ -82,9 +82,7 @@ async fn hold(mut reader: Reader, mut writer: Writer, ends: Arc<Mutex<BTreeMap<S
 /// Run the connections scenario; the caller prints the report.
 pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<Report> {
     let n = args.count;
-    // This process holds N sockets, and N more when the server runs in it (tests).
-    let in_process = args.common.server_pid == Some(std::process::id());
-    usage::ensure_open_files((n * if in_process { 2 } else { 1 } + 200) as u64)?;
+    args.common.ensure_open_files(n)?;
     let target = Target::new(&args.common, n, args.source_ips).await?;
     let ui = target.ui.clone();
     let mut notes = Vec::new();
@@ -189,7 +187,7 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<Report> {
         )),
         None => lines.push("server RSS: unknown (pass --server-pid)".into()),
     }
-    if in_process {
+    if args.common.server_pid == Some(std::process::id()) {
         lines.push("(the server runs in this process: its RSS includes the tool's)".into());
     }
     if let Some(per) = tool_per_conn {

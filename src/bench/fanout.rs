@@ -860,8 +860,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Report> {
 
     // Subscribers: users 0..s; each says hello, subscribes, then runs its read loop at once
     // (so it answers pings however long the others take).
-    let in_process = args.common.server_pid == Some(std::process::id());
-    super::usage::ensure_open_files(((s + p + k) * if in_process { 2 } else { 1 } + 200) as u64)?;
+    args.common.ensure_open_files(s + p + k)?;
     let (subscriber_tasks, failed) = target
         .connect_many(0..s, "subscribers", |i| {
             let (target, channel, shards) = (&target, &channel, shards.clone());

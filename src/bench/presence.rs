@@ -18,7 +18,7 @@
 use super::report::{Latency, Report, Step, histogram, thousands};
 use super::scan::{self, Scanned};
 use super::target::{CommonArgs, Target, TargetKind, abort_all};
-use super::usage::{self, Sampler, Usage};
+use super::usage::{Sampler, Usage};
 use super::wire::{Reader, Writer};
 use crate::protocol::{ErrorCode, ServerFrame};
 use ::presence::Status;
@@ -532,8 +532,7 @@ pub async fn run(args: &PresenceArgs) -> anyhow::Result<Report> {
     };
     let watchers = layout.watchers();
     let total = watchers + args.count;
-    let in_process = args.common.server_pid == Some(std::process::id());
-    usage::ensure_open_files((total * if in_process { 2 } else { 1 } + 200) as u64)?;
+    args.common.ensure_open_files(total)?;
     let target = Target::new(&args.common, total, args.source_ips).await?;
     if !target.mints_tokens() {
         bail!(

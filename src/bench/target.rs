@@ -158,6 +158,30 @@ enum Auth {
     Nats(Option<String>),
 }
 
+/// Connections one QUIC endpoint (one UDP socket) of the tool carries at most.
+const CONNECTIONS_PER_ENDPOINT: usize = 10_000;
+
+/// The QUIC endpoints the tool opens for `connections` connections on `threads` threads.
+fn quic_endpoints(threads: usize, connections: usize) -> usize {
+    threads
+        .max(connections.div_ceil(CONNECTIONS_PER_ENDPOINT))
+        .max(1)
+}
+
+impl CommonArgs {
+    /// Make sure this process may open the files `connections` connections take: over
+    /// WebSocket a socket each, and as many more when the server runs in this process (tests);
+    /// over QUIC one UDP socket per endpoint, each carrying many connections.
+    pub fn ensure_open_files(&self, connections: usize) -> anyhow::Result<()> {
+        let in_process = self.server_pid == Some(std::process::id());
+        let sockets = match self.quic {
+            Some(_) => quic_endpoints(self.threads, connections) + usize::from(in_process),
+            None => connections * if in_process { 2 } else { 1 },
+        };
+        super::usage::ensure_open_files((sockets + 200) as u64)
+    }
+}
+
 pub enum Transport {
     Ws(WsAddr),
     Quic(SocketAddr),
@@ -276,8 +300,7 @@ impl Target {
                 let roots = datadir::load_certs(&ca).with_context(|| {
                     format!("cannot load the QUIC certificate {}", ca.display())
                 })?;
-                let count = args.threads.max(connections.div_ceil(10_000)).max(1);
-                let endpoints = (0..count)
+                let endpoints = (0..quic_endpoints(args.threads, connections))
                     .map(|_| crate::transport::quic::client_endpoint(&roots))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 (Transport::Quic(addr), endpoints, Vec::new())

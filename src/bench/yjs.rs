@@ -1071,8 +1071,7 @@ pub async fn run(args: &YjsArgs) -> anyhow::Result<Report> {
         bail!("--rate must be a positive number of edits per second");
     }
     let most = args.clients.iter().copied().max().unwrap_or(0);
-    let in_process = args.common.server_pid == Some(std::process::id());
-    super::usage::ensure_open_files((most * if in_process { 2 } else { 1 } + 200) as u64)?;
+    args.common.ensure_open_files(most)?;
     let (target, base) = resolve(args).await?;
     let prefix = match &args.doc {
         Some(doc) => doc.clone(),
