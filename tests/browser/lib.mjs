@@ -163,14 +163,19 @@ export async function videoFrom(page, sid, { screen = false } = {}) {
       const stats = await m.getStats(sid);
       let framesDecoded = 0;
       let packets = 0;
-      if (stats && wanted) {
-        stats.forEach((s) => {
-          if (s.type === "inbound-rtp" && s.kind === "video" && s.trackIdentifier === wanted.mediaTrack.id) {
-            framesDecoded += s.framesDecoded ?? 0;
-            packets += s.packetsReceived ?? 0;
-          }
-        });
-      }
+      // Where a connection that shows nothing is stuck: its transport, and video from the
+      // participant on any receiver.
+      let transport = null;
+      let anyVideoPackets = 0;
+      stats?.forEach((s) => {
+        if (s.type === "transport") transport = { ice: s.iceState ?? null, dtls: s.dtlsState ?? null };
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        anyVideoPackets += s.packetsReceived ?? 0;
+        if (wanted && s.trackIdentifier === wanted.mediaTrack.id) {
+          framesDecoded += s.framesDecoded ?? 0;
+          packets += s.packetsReceived ?? 0;
+        }
+      });
       const key = screen ? `${sid}:screen` : sid;
       const tile = document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`);
       const video = tile?.querySelector("video");
@@ -178,6 +183,9 @@ export async function videoFrom(page, sid, { screen = false } = {}) {
         track: wanted ? { source: wanted.track.source, muted: wanted.track.muted } : null,
         framesDecoded,
         packets,
+        connection: Boolean(stats),
+        transport,
+        anyVideoPackets,
         tile: Boolean(tile),
         videoWidth: video?.videoWidth ?? 0,
         currentTime: video?.currentTime ?? 0,
@@ -196,7 +204,9 @@ export async function expectDecoding(page, sid, { who = sid, screen = false, tim
   const what = `${page.who} to decode ${screen ? "the screen share" : "video"} of ${who}`;
   const first = await waitFor(`${what} (first frames)`, async () => {
     const v = await videoFrom(page, sid, { screen });
-    return v.framesDecoded > 0 && v.rendered && v.videoWidth > 0 ? v : null;
+    if (v.framesDecoded > 0 && v.rendered && v.videoWidth > 0) return v;
+    // Not yet: what the page shows is what a timeout reports.
+    throw new Error(JSON.stringify(v));
   }, { timeoutMs });
   const second = await waitFor(`${what} (frames keep coming)`, async () => {
     const v = await videoFrom(page, sid, { screen });
