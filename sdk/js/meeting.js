@@ -69,6 +69,10 @@ const LAYERS = ["q", "h", "f"];
 const LAYER_SCALE = [4, 2, 1];
 // How long an element's size must hold before it is reported (resizes come in bursts).
 const LAYOUT_DEBOUNCE_MS = 250;
+// Mesh: a peer connection with media that is not connected this long after the last check is
+// negotiated again, with an ICE restart (an offer or answer lost, the network changing while
+// connecting).
+const RENEGOTIATE_MS = 10_000;
 
 function sends(direction) {
   return direction === "sendrecv" || direction === "sendonly";
@@ -756,6 +760,23 @@ class Peer {
     // Receivers come and go with descriptions; `remoteChanged` after each one is the source of
     // truth, so `ontrack` only has to cover a track unmuting after its description.
     pc.ontrack = () => meeting.remoteChanged(this);
+    this.watchdog = setInterval(() => {
+      this.chain = this.chain.then(() => this.unstick());
+    }, RENEGOTIATE_MS);
+  }
+
+  // Both sides check about as often: only the impolite one offers again, so the new offers do
+  // not collide. An offer still waiting for its answer is rolled back first.
+  async unstick() {
+    const pc = this.pc;
+    if (this.closed || this.polite || pc.connectionState === "connected") return;
+    if (pc.getTransceivers().length === 0) return; // nothing to connect for yet
+    try {
+      if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
+      pc.restartIce();
+    } catch (error) {
+      if (!this.closed) this.meeting.emit("error", { error, context: "renegotiate" });
+    }
   }
 
   // What a participant may send is bounded by its grants, and the server checks each SDP:
@@ -813,13 +834,15 @@ class Peer {
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) return;
       await pc.setRemoteDescription({ type: frame.kind, sdp: frame.sdp });
-      for (const c of this.queuedCandidates.splice(0)) await this.addCandidate(c);
       this.meeting.remoteChanged(this);
       if (frame.kind === "offer") {
         this.fitDirections();
         await pc.setLocalDescription();
         this.meeting.signal(this.sid, "answer", { sdp: pc.localDescription.sdp });
       }
+      // Candidates that came before this description, after the answer: some may belong to an
+      // earlier offer that was lost or rolled back, and must not keep the answer from going.
+      for (const c of this.queuedCandidates.splice(0)) await this.addCandidate(c, { stale: true });
     } else if (frame.kind === "candidate") {
       if (!pc.remoteDescription) {
         if (this.queuedCandidates.length < 256) this.queuedCandidates.push(frame.candidate ?? null);
@@ -829,7 +852,7 @@ class Peer {
     }
   }
 
-  async addCandidate(c) {
+  async addCandidate(c, { stale = false } = {}) {
     try {
       if (c === null) {
         await this.pc.addIceCandidate(); // end of candidates
@@ -842,13 +865,15 @@ class Peer {
         usernameFragment: c.username_fragment ?? null,
       });
     } catch (error) {
-      // Candidates of an offer we ignored fail to apply; anything else is worth telling.
-      if (!this.ignoreOffer && c !== null) throw error;
+      // Candidates of an offer we ignored, or queued ones of an earlier offer, fail to apply;
+      // anything else is worth telling.
+      if (!this.ignoreOffer && !stale && c !== null) throw error;
     }
   }
 
   close() {
     this.closed = true;
+    clearInterval(this.watchdog);
     this.pc.close();
   }
 }

@@ -196,6 +196,13 @@ async fn five_pages_meet_through_the_sfu() {
     scenario_with("sfu.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
 }
 
+/// Peer to peer, a lost offer or answer heals: the SDK negotiates again (with an ICE restart)
+/// when a connection is not up within its check interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_offer_or_answer_heals() {
+    scenario_with("heal.mjs", |_| {}, &[("MEET_TIMEOUT_MS", "60000")]).await;
+}
+
 /// Two pages meet peer to peer; the third page's join reaches `meeting_sfu_participants` and
 /// turns the meeting into SFU mode live: every page then decodes the others through the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
