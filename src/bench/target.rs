@@ -700,9 +700,12 @@ impl Conn {
             .as_u64()
     }
 
-    /// The reader and writer, for a load loop.
+    /// The reader and writer, for a load loop. Frames read past the last reply are not lost:
+    /// the reader hands them over first.
     pub fn into_parts(self) -> (Reader, Writer) {
-        (self.reader, self.writer)
+        let mut reader = self.reader;
+        reader.pending = self.inbox;
+        (reader, self.writer)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::protocol::framing::FrameDecoder;
 use crate::transport::wsframe::{self, OpCode};
 use anyhow::{Context, bail};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -56,6 +57,9 @@ pub struct Reader {
     pub closed: Option<String>,
     /// Stream mode: frames are pieces of a NATS byte stream, handed over as protocol units.
     nats: Option<Box<super::nats::Splitter>>,
+    /// Frames read already and not yet handed over (what a connection had read past a
+    /// request's reply): `read` hands them over first.
+    pub(super) pending: VecDeque<Vec<u8>>,
 }
 
 enum ReaderInner {
@@ -168,6 +172,7 @@ pub async fn connect_ws(to: &WsAddr, source: Option<IpAddr>) -> anyhow::Result<(
         }),
         closed: None,
         nats: None,
+        pending: VecDeque::new(),
     };
     let mut seed = [0u8; 4];
     let _ = getrandom::fill(&mut seed);
@@ -195,6 +200,7 @@ pub async fn connect_quic(
         },
         closed: None,
         nats: None,
+        pending: VecDeque::new(),
     };
     let writer = Writer {
         inner: WriterInner::Quic { send, connection },
@@ -218,6 +224,13 @@ impl Reader {
         &mut self,
         on_frame: &mut F,
     ) -> anyhow::Result<bool> {
+        if !self.pending.is_empty() {
+            let now = Instant::now();
+            for frame in self.pending.drain(..) {
+                on_frame(&frame, now);
+            }
+            return Ok(true);
+        }
         match &mut self.inner {
             ReaderInner::Ws(ws) => {
                 let open = match &mut self.nats {
