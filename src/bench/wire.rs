@@ -595,6 +595,40 @@ mod tests {
         }
     }
 
+    /// Frames a connection had read already (past a request's reply) come first, then the
+    /// socket's, over a real WebSocket.
+    #[tokio::test]
+    async fn pending_frames_are_handed_over_before_the_socket() {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            for text in ["second", "third"] {
+                ws.send(Message::text(text)).await.unwrap();
+            }
+            ws
+        });
+        let to = WsAddr {
+            addr,
+            host: addr.to_string(),
+            path: "/".into(),
+        };
+        let (mut reader, _writer) = connect_ws(&to, None).await.unwrap();
+        let _server = server.await.unwrap();
+        reader.pending.push_back(b"first".to_vec());
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while got.len() < 3 {
+            let mut on_frame = |f: &[u8], _: Instant| got.push(f.to_vec());
+            let read = reader.read(&mut on_frame);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+            assert!(read.expect("a frame went missing").unwrap());
+        }
+        assert_eq!(got, [&b"first"[..], b"second", b"third"]);
+    }
+
     #[test]
     fn client_frames_are_masked_with_a_fresh_key_each() {
         let mut mask = 12345u32;
