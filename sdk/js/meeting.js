@@ -69,9 +69,9 @@ const LAYERS = ["q", "h", "f"];
 const LAYER_SCALE = [4, 2, 1];
 // How long an element's size must hold before it is reported (resizes come in bursts).
 const LAYOUT_DEBOUNCE_MS = 250;
-// Mesh: a peer connection with media that is not connected this long after the last check is
-// negotiated again, with an ICE restart (an offer or answer lost, the network changing while
-// connecting).
+// Mesh: a peer connection with media that is not connected, and whose signaling and ICE states
+// have not moved for this long, is negotiated again with an ICE restart (an offer or answer
+// lost, the network changing while connecting); one that is slow but moving is left alone.
 const RENEGOTIATE_MS = 10_000;
 
 function sends(direction) {
@@ -753,7 +753,15 @@ class Peer {
       if (candidate.usernameFragment) c.username_fragment = candidate.usernameFragment;
       meeting.signal(sid, "candidate", { candidate: c });
     };
+    this.moved = performance.now(); // the last change of a signaling, ICE or connection state
+    const moved = () => {
+      this.moved = performance.now();
+    };
+    pc.onsignalingstatechange = moved;
+    pc.oniceconnectionstatechange = moved;
+    pc.onicegatheringstatechange = moved;
     pc.onconnectionstatechange = () => {
+      moved();
       meeting.emit("peer-state", { participant: meeting.participants.get(sid) ?? { sid }, state: pc.connectionState });
       if (pc.connectionState === "failed") pc.restartIce();
     };
@@ -771,6 +779,8 @@ class Peer {
     const pc = this.pc;
     if (this.closed || this.polite || pc.connectionState === "connected") return;
     if (pc.getTransceivers().length === 0) return; // nothing to connect for yet
+    if (performance.now() - this.moved < RENEGOTIATE_MS) return; // slow, not stuck
+    this.moved = performance.now();
     try {
       if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" });
       pc.restartIce();

@@ -1,7 +1,8 @@
 // A lost offer or answer heals: in a mesh meeting, bob's page drops the first offer or answer it
 // sends to carol (as a signal lost on the way would be), so their connection is left waiting.
-// Within the SDK's renegotiation check (10 s: the impolite side of a connection that is not up
-// offers again, with an ICE restart) bob and carol decode each other's video all the same.
+// Within the SDK's renegotiation check (the impolite side of a connection that is not up and
+// whose states have not moved for 10 s offers again, with an ICE restart) bob and carol decode
+// each other's video all the same.
 // Without that check the pair stays unconnected and the wait times out.
 
 import { expectDecoding, joined, launch, log, openMeeting, published, run, step } from "./lib.mjs";
