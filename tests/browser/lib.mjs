@@ -51,6 +51,10 @@ export async function launch({ fakeUi = true } = {}) {
     "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
     "--allow-loopback-in-peer-connection",
+    // Host candidates as plain addresses: a page's peer connection may gather before its
+    // camera permission, when Chromium would hide them behind mDNS names that the other page
+    // must resolve over multicast (unreliable on a loaded machine: ICE then stays `new`).
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
     // Several pages share one browser: keep the ones in the background running at full speed.
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",

@@ -582,11 +582,13 @@ async fn an_h264_only_whip_publisher_reaches_h264_players() {
     }
     let (payload_type, payload) = player.received.first_video.lock().unwrap().clone().unwrap();
     assert_eq!(payload_type, 96, "the player's payload type for H.264");
-    // An aggregation packet (24) starting with the SPS (7), or the SPS alone: a keyframe.
+    // A keyframe: the SPS (7) or, when the packet that carried it was lost on a loaded
+    // machine (the server keeps no SPS/PPS for late subscribers), the IDR slice (5); alone or
+    // first in an aggregation packet (24).
     let nal = |b: u8| b & 0x1f;
     let starts_keyframe = match nal(payload[0]) {
-        24 => nal(payload[3]) == 7,
-        n => n == 7,
+        24 => matches!(nal(payload[3]), 7 | 5),
+        n => matches!(n, 7 | 5),
     };
     assert!(
         starts_keyframe,
