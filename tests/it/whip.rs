@@ -107,6 +107,14 @@ pub(crate) async fn post_offer(
     request(addr, "POST", path, &headers, sdp).await
 }
 
+/// Bob, in meeting `room` of his home space, which he starts in SFU mode.
+async fn bob_in_sfu_room(s: &TestServer, room: &str) -> Peer {
+    let mut bob = Peer::user(s, Tr::Ws, "bob").await;
+    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
+        .await;
+    bob
+}
+
 /// Wait until `peer` sees the WHIP publisher named "Studio" as `want` says; its entry.
 async fn until_studio(peer: &mut Peer, want: impl Fn(&Value) -> bool) -> Value {
     loop {
@@ -408,9 +416,7 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
     let s = TestServer::start().await;
     let room = "whip-stage";
     // A page's participant is in the (SFU) meeting already.
-    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
-    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
-        .await;
+    let mut bob = bob_in_sfu_room(&s, room).await;
 
     let token = s.token("alice", "acme");
     let path = format!("/whip/{room}?name=Studio");
@@ -520,9 +526,7 @@ async fn whip_media_reaches_whep_and_the_meeting_sees_the_publisher() {
 async fn a_whip_session_ends_when_its_token_expires() {
     let s = TestServer::start().await;
     let room = "whip-expiry";
-    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
-    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
-        .await;
+    let mut bob = bob_in_sfu_room(&s, room).await;
 
     let token = s.token_with("alice", "acme", &Grant::DEFAULT, 3);
     let path = format!("/whip/{room}?name=Studio");
@@ -546,9 +550,7 @@ async fn a_whip_session_ends_when_its_token_expires() {
 async fn an_h264_only_whip_publisher_reaches_h264_players() {
     let s = TestServer::start().await;
     let room = "obs-stage";
-    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
-    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
-        .await;
+    let mut bob = bob_in_sfu_room(&s, room).await;
     let token = s.token("alice", "acme");
     let path = format!("/whip/{room}?name=Studio");
     let (publisher, r, sender) = whip_publisher_of(&s, &path, &token, Video::H264).await;
@@ -654,9 +656,7 @@ async fn whip_and_whep_sessions_show_in_room_presence() {
     })
     .await;
     let room = "presence-stage";
-    let mut bob = Peer::user(&s, Tr::Ws, "bob").await;
-    bob.call(json!({"type": "meeting.join", "room": room, "mode": "sfu"}))
-        .await;
+    let mut bob = bob_in_sfu_room(&s, room).await;
     let (in_room, in_space) = (
         json!({"room": {"space": "_acme", "id": room}}),
         json!({"space": "_acme"}),
